@@ -383,7 +383,7 @@ def _deepseek_v2_lite() -> ModelConfig:
 
 
 def _tiny() -> ModelConfig:
-    """CI-sized: every V3 feature (q LoRA, YaRN, groups, shared expert, MTP) in ~1M params."""
+    """CI-sized: every V3 feature (q LoRA, YaRN, groups, shared expert, MTP) in ~0.3M params."""
     return ModelConfig(
         vocab_size=512, hidden_size=64, intermediate_size=128, moe_intermediate_size=32,
         num_hidden_layers=3, first_k_dense_replace=1, num_attention_heads=4,
@@ -397,12 +397,12 @@ def _tiny() -> ModelConfig:
 
 
 def _small() -> ModelConfig:
-    """~100M total parameters (~25M active) in the V3 shape family, for CPU benchmarks."""
+    """~105M total parameters (~24M active) in the V3 shape family, for CPU benchmarks."""
     return ModelConfig(
         vocab_size=8192, hidden_size=512, intermediate_size=1536, moe_intermediate_size=256,
         num_hidden_layers=8, first_k_dense_replace=1, num_attention_heads=8,
         num_key_value_heads=8, q_lora_rank=192, kv_lora_rank=128, qk_nope_head_dim=32,
-        qk_rope_head_dim=32, v_head_dim=32, n_routed_experts=48, n_shared_experts=1,
+        qk_rope_head_dim=32, v_head_dim=32, n_routed_experts=32, n_shared_experts=1,
         num_experts_per_tok=4, n_group=4, topk_group=2, routed_scaling_factor=2.5,
         max_position_embeddings=8192, num_nextn_predict_layers=1, initializer_range=0.02,
         rope_scaling={"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 2048,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from nanoseek.checkpoint import PretrainedMixin
 from nanoseek.config import ModelConfig
 from nanoseek.model.block import DeepseekDecoderLayer
 from nanoseek.model.layers import RMSNorm, RotaryEmbedding, causal_mask
@@ -41,7 +42,7 @@ class DeepseekV3Model(nn.Module):
         return list(self.layers[self.config.num_hidden_layers :])  # type: ignore[arg-type]
 
 
-class DeepseekV3ForCausalLM(nn.Module):
+class DeepseekV3ForCausalLM(PretrainedMixin, nn.Module):
     """DeepSeek-V3 (and V2) for causal LM. ``forward(input_ids [B, T]) → CausalLMOutput``."""
 
     def __init__(self, config: ModelConfig) -> None:

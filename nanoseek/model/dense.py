@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nanoseek.checkpoint import PretrainedMixin
 from nanoseek.config import ModelConfig
 from nanoseek.model.layers import (
     RMSNorm,
@@ -177,7 +178,7 @@ def default_position_ids(
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-class DenseForCausalLM(nn.Module):
+class DenseForCausalLM(PretrainedMixin, nn.Module):
     """A Llama or Qwen2 causal LM (``config.model_type`` in ``llama``, ``qwen2``)."""
 
     def __init__(self, config: ModelConfig) -> None:
