@@ -8,6 +8,7 @@ import sys
 # subcommand -> (module with main(argv), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("nanoseek.info", "architecture, parameter counts, memory and FLOPs of a model"),
+    "cost": ("nanoseek.costmodel", "training GPU-hours and dollars, API and deployment prices"),
     "tokenizer": ("nanoseek.tokenizer", "train or inspect a byte-level BPE tokenizer"),
 }
 
