@@ -10,6 +10,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("nanoseek.info", "architecture, parameter counts, memory and FLOPs of a model"),
     "cost": ("nanoseek.costmodel", "training GPU-hours and dollars, API and deployment prices"),
     "tokenizer": ("nanoseek.tokenizer", "train or inspect a byte-level BPE tokenizer"),
+    "data": ("nanoseek.data.prepare", "tokenize a corpus into token shards, inspect a data dir"),
 }
 
 
