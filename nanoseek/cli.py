@@ -11,6 +11,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cost": ("nanoseek.costmodel", "training GPU-hours and dollars, API and deployment prices"),
     "tokenizer": ("nanoseek.tokenizer", "train or inspect a byte-level BPE tokenizer"),
     "data": ("nanoseek.data.prepare", "tokenize a corpus into token shards, inspect a data dir"),
+    "generate": ("nanoseek.generate", "complete a prompt with a model (streaming)"),
+    "chat": ("nanoseek.chat", "interactive terminal chat with a model"),
+    "serve": ("nanoseek.serve.main", "OpenAI/DeepSeek-compatible API server over the engine"),
+    "usage": ("nanoseek.serve.usage", "API usage and cost per key, vs other providers' prices"),
 }
 
 

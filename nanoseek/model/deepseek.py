@@ -138,6 +138,50 @@ class DeepseekV3ForCausalLM(PretrainedMixin, nn.Module):
             logits.append(self.lm_head(layer.shared_head.norm(h_BTD)))
         return logits
 
+    # ------------------------------------------------------------------ engine entry points
+    def forward_hidden(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, attn_mask: torch.Tensor,
+        cache: LatentCache | None = None, attn_impl: str = "expanded",
+    ) -> torch.Tensor:
+        """The decoder layers only (no MTP, no head): ``input_ids [B, T]`` → the last layer's
+        output before the final norm ``[B, T, D]``.
+
+        The inference engine calls this, then :meth:`logits_from_hidden` on just the rows it
+        samples from (``forward`` would make ``[B, T, V]`` logits for every prompt token)."""
+        x = self.model.embed_tokens(input_ids)
+        cos, sin = self.model.rotary_emb(position_ids, x.dtype)
+        for layer in self.model.layers[: self.config.num_hidden_layers]:
+            x, _ = layer(x, cos, sin, attn_mask, cache, attn_impl)
+        return x
+
+    def logits_from_hidden(self, h_ND: torch.Tensor) -> torch.Tensor:
+        """Pre-norm hidden states ``[..., D]`` → logits ``[..., V]`` (final norm, then head)."""
+        return self.lm_head(self.model.norm(h_ND))
+
+    def mtp_step(
+        self, h_BTD: torch.Tensor, next_ids: torch.Tensor, position_ids: torch.Tensor,
+        attn_mask: torch.Tensor, cache: LatentCache | None = None, attn_impl: str = "absorbed",
+        depth: int = 0,
+    ) -> torch.Tensor:
+        """One MTP module over given positions, for speculative drafting with a cache.
+
+        At position i it combines ``h_BTD[:, i]`` (pre-norm hidden state of the previous
+        depth at position i) with the embedding of ``next_ids[:, i]`` (token i + 1 + depth)
+        and runs MTP layer ``num_hidden_layers + depth`` (its attention uses that cache
+        layer index). Returns the module's output hidden states ``[B, T, D]``; their
+        :meth:`mtp_logits` predict token i + 2 + depth.
+        """
+        layer = self.model.mtp_layers[depth]
+        emb = self.model.embed_tokens(next_ids)
+        cos, sin = self.model.rotary_emb(position_ids, emb.dtype)
+        h, _ = layer(layer.combine(h_BTD, emb), cos, sin, attn_mask, cache, attn_impl)
+        return h
+
+    def mtp_logits(self, h_ND: torch.Tensor, depth: int = 0) -> torch.Tensor:
+        """MTP depth ``depth`` hidden states ``[..., D]`` → logits ``[..., V]``
+        (``shared_head.norm``, then the main ``lm_head``)."""
+        return self.lm_head(self.model.mtp_layers[depth].shared_head.norm(h_ND))
+
     @property
     def device(self) -> torch.device:
         return self.lm_head.weight.device

@@ -12,6 +12,8 @@ K key/value heads (H % K == 0), d head dim, V vocab.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,6 +28,17 @@ from nanoseek.model.layers import (
     causal_mask,
 )
 from nanoseek.model.outputs import CausalLMOutput
+
+
+class KVCache(Protocol):
+    """What a GQA layer needs from a KV cache (the inference engine provides paged ones)."""
+
+    def update(
+        self, layer_idx: int, k_BKTd: torch.Tensor, v_BKTd: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new keys/values; return all keys/values visible to these queries
+        ``[B, K, S, d]``."""
+        ...
 
 
 # -------------------------------------------------------------------- attention math
@@ -116,10 +129,14 @@ class GQAttention(nn.Module):
         return self.o_proj(out_BHTd.transpose(1, 2).reshape(b, t, -1))
 
     def forward(
-        self, x_BTD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor
+        self, x_BTD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
-        """Self-attention over ``x [B, T, D]`` → ``[B, T, D]``."""
+        """Self-attention over ``x [B, T, D]`` → ``[B, T, D]``. With a ``cache`` the new k/v
+        are stored and the queries attend over what it returns (``mask [B|1, 1, T, S]``)."""
         q, k, v = self.project_qkv(x_BTD, cos, sin)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)
         return self.attend(q, k, v, mask)
 
 
@@ -135,9 +152,10 @@ class DenseDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(
-        self, x_BTD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor
+        self, x_BTD: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
-        x_BTD = x_BTD + self.self_attn(self.input_layernorm(x_BTD), cos, sin, mask)
+        x_BTD = x_BTD + self.self_attn(self.input_layernorm(x_BTD), cos, sin, mask, cache)
         return x_BTD + self.mlp(self.post_attention_layernorm(x_BTD))
 
 
@@ -155,15 +173,20 @@ class DenseModel(nn.Module):
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-        position_ids: torch.Tensor,
+        position_ids: torch.Tensor, cache: KVCache | None = None,
+        attn_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``input_ids [B, T]`` → final normed hidden states ``[B, T, D]``."""
+        """``input_ids [B, T]`` → final normed hidden states ``[B, T, D]``.
+
+        ``cache`` / ``attn_mask [B|1, 1, T, S]`` are supplied by the inference engine."""
         x_BTD = self.embed_tokens(input_ids)
         cos, sin = self.rotary_emb(position_ids, x_BTD.dtype)
         t = input_ids.shape[1]
-        mask = causal_mask(t, t, attention_mask, input_ids.device)
+        mask = attn_mask
+        if mask is None:
+            mask = causal_mask(t, t, attention_mask, input_ids.device)
         for layer in self.layers:
-            x_BTD = layer(x_BTD, cos, sin, mask)
+            x_BTD = layer(x_BTD, cos, sin, mask, cache)
         return self.norm(x_BTD)
 
 
@@ -220,12 +243,32 @@ class DenseForCausalLM(PretrainedMixin, nn.Module):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         output_hidden_states: bool = False,
+        cache: KVCache | None = None,
+        attn_mask: torch.Tensor | None = None,
     ) -> CausalLMOutput:
         """``input_ids [B, T]``, ``attention_mask [B, T]`` (1 = token, 0 = pad),
         ``position_ids [B, T]`` (derived from the mask when None) → ``logits [B, T, V]`` and,
-        if asked, the final normed hidden states ``[B, T, D]``."""
+        if asked, the final normed hidden states ``[B, T, D]``.
+
+        ``cache`` / ``attn_mask [B|1, 1, T, S]``: supplied by the inference engine."""
         if position_ids is None:
             position_ids = default_position_ids(input_ids, attention_mask)
-        h_BTD = self.model(input_ids, attention_mask, position_ids)
+        h_BTD = self.model(input_ids, attention_mask, position_ids, cache, attn_mask)
         logits = self.lm_head(h_BTD)
         return CausalLMOutput(logits=logits, hidden_states=h_BTD if output_hidden_states else None)
+
+    # ------------------------------------------------------------------ engine entry points
+    def forward_hidden(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, attn_mask: torch.Tensor,
+        cache: KVCache | None = None, attn_impl: str = "expanded",
+    ) -> torch.Tensor:
+        """The decoder stack without the head: final normed hidden states ``[B, T, D]``.
+
+        The inference engine applies :meth:`logits_from_hidden` only to the rows it samples
+        from. ``attn_impl`` is accepted for a uniform interface with DeepSeek (GQA has one
+        path)."""
+        return self.model(input_ids, None, position_ids, cache, attn_mask)
+
+    def logits_from_hidden(self, h_ND: torch.Tensor) -> torch.Tensor:
+        """``[..., D]`` hidden states from :meth:`forward_hidden` → logits ``[..., V]``."""
+        return self.lm_head(h_ND)

@@ -99,15 +99,19 @@ class MultiHeadLatentAttention(nn.Module):
         return out.transpose(1, 2)
 
     def attend_absorbed(self, q_nope, q_pe, c_kv_BSC, k_pe_BSR, mask) -> torch.Tensor:
-        """Attend over the latent itself (MQA with 576-wide keys). → ``[B, T, H, v]``."""
+        """Attend over the latent itself: MQA with one (C + r)-wide key per token.
+
+        The H heads are folded into the query rows (``[B, 1, H·T, ·]``) so the single shared
+        key/value is never expanded over heads. → ``[B, T, H, v]``."""
         w_uk, w_uv = self._kv_b_heads()
-        b, s, _ = c_kv_BSC.shape
+        b, h, t, _ = q_nope.shape
         q_lat_BHTC = torch.einsum("bhtn,hnc->bhtc", q_nope, w_uk)
-        q = torch.cat([q_lat_BHTC, q_pe], dim=-1)
-        k = torch.cat([c_kv_BSC, k_pe_BSR], dim=-1).unsqueeze(1).expand(b, self.n_heads, s, -1)
-        v = c_kv_BSC.unsqueeze(1).expand(b, self.n_heads, s, self.kv_rank)
-        o_lat_BHTC = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
-        return torch.einsum("bhtc,hvc->bthv", o_lat_BHTC, w_uv)
+        q = torch.cat([q_lat_BHTC, q_pe], dim=-1).reshape(b, 1, h * t, -1)
+        k = torch.cat([c_kv_BSC, k_pe_BSR], dim=-1).unsqueeze(1)
+        v = c_kv_BSC.unsqueeze(1)
+        m = mask.expand(b, 1, t, mask.shape[-1]).repeat(1, 1, h, 1)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=m, scale=self.scale)
+        return torch.einsum("bhtc,hvc->bthv", o.view(b, h, t, -1), w_uv)
 
     def attend_reference(self, q_nope, q_pe, c_kv_BSC, k_pe_BSR, mask) -> torch.Tensor:
         """Plain-math absorbed attention (explicit einsums, fp32 softmax), for tests."""

@@ -121,7 +121,8 @@ def grouped_mm(x_ND: torch.Tensor, w_EOD: torch.Tensor, counts_E: torch.Tensor) 
     """Rows of ``x_ND`` sorted by expert (``counts_E`` rows each) times that expert's
     ``w_EOD[e].T`` → ``[N, O]``. Uses ``torch._grouped_mm`` when this build supports the
     shapes, else one matmul per non-empty expert (a loop over experts, never over tokens)."""
-    if _grouped_mm_ok(x_ND, w_EOD):
+    # few rows (decode): the CPU grouped kernel visits every expert; loop over the used ones
+    if x_ND.shape[0] >= w_EOD.shape[0] and _grouped_mm_ok(x_ND, w_EOD):
         offs = torch.cumsum(counts_E, 0).to(torch.int32)
         return _ContiguousGrad.apply(torch._grouped_mm(x_ND, w_EOD.transpose(-2, -1), offs=offs))
     outs = [chunk @ w_EOD[e].T

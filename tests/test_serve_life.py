@@ -1,0 +1,166 @@
+"""The server's life: keys, rate limits, budgets, overload, engine faults, keep-alives, client
+disconnects, graceful shutdown, and the ``nanoseek serve`` command. Each test runs its own
+server on its own engine (helpers from ``test_serve``)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from test_serve import NAME, chat, client, counts, make_engine, model_dir, raw, serving
+
+from nanoseek.infer import LLMEngine
+
+__all__ = ["model_dir"]  # the session fixture, re-exported for pytest
+
+
+def test_auth_rate_limit_budget_and_overload(model_dir: Path, tmp_path: Path) -> None:
+    engine, tokenizer = make_engine(model_dir)
+    with serving(engine, tokenizer, api_keys=["sk-good"], rate_limit=2,
+                 ledger_path=tmp_path / "l.sqlite", budget_usd=1e-9) as (base, server):
+        with pytest.raises(openai.AuthenticationError):
+            chat(client(base, "sk-bad", retries=2))
+        assert counts(server)["/v1/chat/completions"] == 1
+        good = client(base, "sk-good")
+        assert chat(good, max_tokens=2).choices  # spends more than the budget
+        with pytest.raises(openai.APIStatusError) as e:
+            chat(client(base, "sk-good", retries=2))
+        assert e.value.status_code == 402 and counts(server)["/v1/chat/completions"] == 3
+        status, _, body = raw(base, "GET", "/user/balance",
+                              headers={"authorization": "Bearer sk-good"})
+        assert status == 200 and json.loads(body)["is_available"] is False
+        with pytest.raises(openai.RateLimitError) as e:
+            chat(good)
+        assert int(e.value.response.headers["retry-after"]) >= 1
+    with serving(engine, tokenizer, max_pending=0) as (base, server):
+        with pytest.raises(openai.InternalServerError) as e:
+            chat(client(base, retries=2))
+        assert e.value.status_code == 503 and counts(server)["/v1/chat/completions"] == 1
+
+
+class _Wrapped:
+    """An engine wrapper: everything delegated to the real engine."""
+
+    def __init__(self, engine: LLMEngine) -> None:
+        self.inner = engine
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+class _FailingEngine(_Wrapped):
+    """The first ``step`` after each ``add_request`` raises (like a device fault)."""
+
+    fail_next = False
+
+    def add_request(self, *args: Any) -> None:
+        self.inner.add_request(*args)
+        self.fail_next = True
+
+    def step(self) -> list:
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("simulated GPU fault")
+        return self.inner.step()
+
+
+def test_engine_failure_is_reported_not_fatal(model_dir: Path) -> None:
+    engine, tokenizer = make_engine(model_dir)
+    with serving(_FailingEngine(engine), tokenizer) as (base, _):
+        c = client(base)
+        with pytest.raises(openai.APIError, match="simulated GPU fault"):
+            list(chat(c, stream=True))
+        with pytest.raises(openai.InternalServerError):
+            chat(c)
+        status, _, body = raw(base, "GET", "/health")
+        assert status == 200 and json.loads(body)["engine_failures"] >= 2
+
+
+# ------------------------------------------------------------------------------ streaming life
+MESSAGES = [{"role": "user", "content": "long " * 40}]
+
+
+class _SlowEngine(_Wrapped):
+    def step(self) -> list:
+        time.sleep(0.05)
+        return self.inner.step()
+
+
+def test_keepalive_then_disconnect_aborts_and_frees_blocks(model_dir: Path) -> None:
+    engine, tokenizer = make_engine(model_dir)
+    free_before = engine.blocks.num_free_blocks
+    with serving(_SlowEngine(engine), tokenizer, keepalive_s=0.01) as (base, server):
+        host, port = base.removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        conn.request("POST", "/chat/completions", body=json.dumps(
+            {"model": NAME, "stream": True, "max_tokens": 150, "messages": MESSAGES}),
+            headers={"content-type": "application/json"})
+        response = conn.getresponse()
+        assert response.status == 200
+        assert response.getheader("content-type").startswith("text/event-stream")
+        lines = []
+        while not any(line.startswith(b"data: ") for line in lines):
+            lines.append(response.readline())
+        assert b": keep-alive\n" in lines  # sent while the prefill step was running
+        worker = server.config.app.state.server.worker
+        assert worker.num_inflight == 1
+        response.close()  # the client goes away mid-stream
+        conn.close()
+        deadline = time.monotonic() + 10
+        while worker.num_inflight or engine.has_unfinished():
+            assert time.monotonic() < deadline, "the request was not aborted"
+            time.sleep(0.02)
+        assert engine.blocks.num_free_blocks == free_before
+
+
+def test_non_stream_disconnect_aborts(model_dir: Path) -> None:
+    engine, tokenizer = make_engine(model_dir)
+    with serving(_SlowEngine(engine), tokenizer, disconnect_poll_s=0.02) as (base, server):
+        host, port = base.removeprefix("http://").split(":")
+        sock = socket.create_connection((host, int(port)))
+        body = json.dumps({"model": NAME, "max_tokens": 150, "messages": MESSAGES}).encode()
+        sock.sendall(b"POST /chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: "
+                     b"application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+        worker = server.config.app.state.server.worker
+        deadline = time.monotonic() + 10
+        while not worker.num_inflight:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        sock.close()
+        while worker.num_inflight or engine.has_unfinished():
+            assert time.monotonic() < deadline, "the request was not aborted"
+            time.sleep(0.02)
+
+
+def test_graceful_shutdown_finishes_inflight(model_dir: Path) -> None:
+    engine, tokenizer = make_engine(model_dir)
+    result: dict[str, Any] = {}
+    with serving(_SlowEngine(engine), tokenizer) as (base, server):
+        def call() -> None:
+            result["r"] = chat(client(base), max_tokens=10, temperature=0)
+
+        thread = threading.Thread(target=call)
+        thread.start()
+        worker = server.config.app.state.server.worker
+        deadline = time.monotonic() + 10
+        while not worker.num_inflight:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        server.should_exit = True  # shutdown starts while the request runs
+        thread.join(20)
+    assert result["r"].choices[0].finish_reason in ("stop", "length")
+    assert result["r"].usage.completion_tokens >= 1
+    assert not engine.has_unfinished()
+
+
+def test_serve_command_rejects_a_bad_model_dir(tmp_path: Path) -> None:
+    from nanoseek.serve.main import main
+
+    assert main(["--model", str(tmp_path / "missing"), "--no-ledger"]) == 2
