@@ -15,6 +15,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "chat": ("nanoseek.chat", "interactive terminal chat with a model"),
     "serve": ("nanoseek.serve.main", "OpenAI/DeepSeek-compatible API server over the engine"),
     "usage": ("nanoseek.serve.usage", "API usage and cost per key, vs other providers' prices"),
+    "eval": ("nanoseek.eval.run", "pass@1 / pass@k / maj@k / greedy accuracy on a verifiable task"),
+    "sample": ("nanoseek.rl.sample", "rejection sampling: keep verified traces as SFT JSONL"),
 }
 
 
