@@ -9,8 +9,7 @@ Public names are imported lazily so that ``import nanoseek`` stays cheap::
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from nanoseek._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -28,14 +27,4 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'nanoseek' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
-
-
-__all__ = sorted(_EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)

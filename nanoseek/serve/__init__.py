@@ -10,8 +10,7 @@ Files: ``api`` (the FastAPI app and routes), ``main`` (``nanoseek serve``), ``sc
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from nanoseek._lazy import lazy_exports
 
 _EXPORTS = {
     "create_app": "nanoseek.serve.api",
@@ -22,10 +21,4 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'nanoseek.serve' has no attribute {name!r}")
-
-
-__all__ = sorted(_EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
