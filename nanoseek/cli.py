@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "usage": ("nanoseek.serve.usage", "API usage and cost per key, vs other providers' prices"),
     "eval": ("nanoseek.eval.run", "pass@1 / pass@k / maj@k / greedy accuracy on a verifiable task"),
     "sample": ("nanoseek.rl.sample", "rejection sampling: keep verified traces as SFT JSONL"),
+    "pretrain": ("nanoseek.train.pretrain", "pretrain a DeepSeek-V3-style model (TOML config)"),
 }
 
 
