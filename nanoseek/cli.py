@@ -18,6 +18,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("nanoseek.eval.run", "pass@1 / pass@k / maj@k / greedy accuracy on a verifiable task"),
     "sample": ("nanoseek.rl.sample", "rejection sampling: keep verified traces as SFT JSONL"),
     "pretrain": ("nanoseek.train.pretrain", "pretrain a DeepSeek-V3-style model (TOML config)"),
+    "sft": ("nanoseek.train.sft", "supervised fine-tuning on chat JSONL (packed, TOML config)"),
+    "grpo": ("nanoseek.rl.grpo", "GRPO reinforcement learning with rule rewards (TOML config)"),
+    "distill": ("nanoseek.distill.run", "distill a teacher into a dense Llama/Qwen2 student"),
 }
 
 

@@ -121,6 +121,8 @@ def grouped_mm(x_ND: torch.Tensor, w_EOD: torch.Tensor, counts_E: torch.Tensor) 
     """Rows of ``x_ND`` sorted by expert (``counts_E`` rows each) times that expert's
     ``w_EOD[e].T`` → ``[N, O]``. Uses ``torch._grouped_mm`` when this build supports the
     shapes, else one matmul per non-empty expert (a loop over experts, never over tokens)."""
+    if w_EOD.dtype != x_ND.dtype:  # under autocast activations arrive in bf16, weights in fp32
+        w_EOD = w_EOD.to(x_ND.dtype)
     # few rows (decode): the CPU grouped kernel visits every expert; loop over the used ones
     if x_ND.shape[0] >= w_EOD.shape[0] and _grouped_mm_ok(x_ND, w_EOD):
         offs = torch.cumsum(counts_E, 0).to(torch.int32)

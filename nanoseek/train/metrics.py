@@ -298,9 +298,9 @@ def plot_expert_load(load_path: Path, png: Path) -> Path | None:
     image = None
     for j, layer in enumerate(layers):
         ax = axes[j // cols][j % cols]
+        extent = (steps[0] - 0.5, steps[-1] + 0.5, cube.shape[2] - 0.5, -0.5)
         image = ax.imshow(cube[:, j, :].T.numpy(), aspect="auto", cmap="viridis", vmin=0,
-                          vmax=vmax, extent=(steps[0], steps[-1], cube.shape[2] - 0.5, -0.5),
-                          interpolation="nearest")
+                          vmax=vmax, extent=extent, interpolation="nearest")
         ax.set_title(str(layer), fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.set_ylabel("expert", fontsize=8)

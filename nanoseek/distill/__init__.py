@@ -1,0 +1,42 @@
+"""Distillation of a teacher's reasoning into small dense Llama / Qwen2 students (R1 §2.4).
+
+- ``run.py``: ``nanoseek distill`` (``main(argv)``), ``run_distill(cfg) -> DistillResult``:
+  traces → teacher top-k → SFT (+ logit KD) → optional on-policy → HF student dir.
+- ``traces.py``: verified teacher traces (``generate_traces``, over
+  ``nanoseek.rl.sample.rejection_sample``) and the teacher's top-k log-probs on them
+  (``score_traces``, ``TeacherTopK``).
+- ``kd.py``: forward KL / reverse KL / generalized JSD against top-k log-probs, tail handled.
+- ``onpolicy.py``: the student samples, the teacher scores its tokens (``OnPolicySource``).
+
+Names below are imported lazily.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# public name -> module that defines it
+_EXPORTS = {
+    "DistillConfig": "nanoseek.distill.run",
+    "DistillResult": "nanoseek.distill.run",
+    "run_distill": "nanoseek.distill.run",
+    "TeacherTopK": "nanoseek.distill.traces",
+    "generate_traces": "nanoseek.distill.traces",
+    "score_traces": "nanoseek.distill.traces",
+    "topk_kd_loss": "nanoseek.distill.kd",
+    "OnPolicySource": "nanoseek.distill.onpolicy",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'nanoseek.distill' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+__all__ = sorted(_EXPORTS)
