@@ -27,6 +27,10 @@ test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
+# The main job: the whole DeepSeek pipeline at toy scale -> runs/speedrun/report.md
+speedrun: $(STAMP)
+	$(BIN)/nanoseek speedrun
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 

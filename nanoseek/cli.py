@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sft": ("nanoseek.train.sft", "supervised fine-tuning on chat JSONL (packed, TOML config)"),
     "grpo": ("nanoseek.rl.grpo", "GRPO reinforcement learning with rule rewards (TOML config)"),
     "distill": ("nanoseek.distill.run", "distill a teacher into a dense Llama/Qwen2 student"),
+    "speedrun": ("nanoseek.speedrun.run", "every stage at toy scale, resumable, to report.md"),
 }
 
 

@@ -1,0 +1,8 @@
+"""``nanoseek speedrun``: corpus → tokenizer → pretrain → SFT → GRPO → rejection sampling →
+distillation → eval → decode speed → ``report.md``, resumable, at toy scale on a CPU.
+
+- ``presets.py``: stage sizes and expected times (``cpu`` default, ``ci``, ``gpu``).
+- ``stages.py``: each stage, calling the existing APIs in-process.
+- ``run.py``: markers, resume, progress and ETA, the command line (``main(argv)``).
+- ``report.py``: ``report.md`` and its PNG plots from the run folder.
+"""
