@@ -46,6 +46,9 @@ def split(text: str, in_reasoning: bool = True, cuts: list[int] = ()) -> tuple[s
     ("</think>answer only", ("", "answer only")),
     ("a </thin b", ("a </thin b", "")),
     ("x</think>\n\n\n", ("x", "")),
+    ("\n\nthought</think>ok", ("thought", "ok")),
+    ("\n<think>\n\n", ("", "")),
+    ("<think><think>x", ("<think>x", "")),
 ])
 def test_reasoning_split(text: str, expected: tuple[str, str]) -> None:
     assert split(text) == expected
@@ -55,9 +58,16 @@ def test_reasoning_parser_outside_a_thought_passes_text_through() -> None:
     assert split("\ncode</think>more", in_reasoning=False) == ("", "\ncode</think>more")
 
 
-@settings(max_examples=200, deadline=None)
+@pytest.mark.parametrize(("pieces", "cuts"), [(["\n", "<think>"], [1]),
+                                              (["<think>", "\n", "\n"], [8])])
+def test_reasoning_split_chunking_regressions(pieces: list[str], cuts: list[int]) -> None:
+    text = "".join(pieces)
+    assert split(text, cuts=cuts) == split(text)
+
+
+@settings(max_examples=300, deadline=None)
 @given(st.lists(st.sampled_from(["a", "\n", "<", "/", "think", ">", "</think>", "<think>",
-                                 "é", " "]), max_size=20),
+                                 "é", " ", "<th", "ink>", "</"]), max_size=20),
        st.lists(st.integers(0, 60), max_size=6))
 def test_reasoning_split_does_not_depend_on_chunking(pieces: list[str], cuts: list[int]) -> None:
     text = "".join(pieces)

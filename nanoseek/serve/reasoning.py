@@ -8,7 +8,8 @@ wait for an opening tag put the whole thought into ``content``: vllm#12999). Str
 * a text that may be the start of ``</think>`` is held back until the next piece decides it;
 * the newlines that R1 writes around the tags (``…\\n</think>\\n\\n answer``) are dropped: the
   reasoning's trailing ones and the answer's leading ones;
-* a ``<think>`` the model writes again at the very start is dropped.
+* the reasoning's leading newlines, and one ``<think>`` the model writes again at the very start
+  (with the newlines after it), are dropped.
 
 When no ``</think>`` comes before the end (the answer was cut by ``max_tokens``, or the model
 never closed its thought), everything is reasoning, streamed or not, so a streamed and a
@@ -32,7 +33,8 @@ class ReasoningParser:
     def __init__(self, in_reasoning: bool = True) -> None:
         self.in_reasoning = in_reasoning
         self._held = ""
-        self._at_start = in_reasoning  # a re-emitted "<think>" may still come
+        self._at_start = in_reasoning  # leading newlines and a re-emitted "<think>" are dropped
+        self._think_dropped = False
         self._answer_started = not in_reasoning  # leading newlines of the answer are dropped
         self.reasoning = ""
         self.content = ""
@@ -50,13 +52,14 @@ class ReasoningParser:
             return "", self._answer(text)
         pending = self._held + text
         if self._at_start:
-            if not final and THINK_START.startswith(pending.lstrip("\n")) and pending.strip():
-                self._held = pending  # may become "<think>": wait
+            pending = pending.lstrip("\n")
+            if not self._think_dropped and pending.startswith(THINK_START):
+                pending, self._think_dropped = pending[len(THINK_START):].lstrip("\n"), True
+            if not final and (not pending or (not self._think_dropped
+                                              and THINK_START.startswith(pending))):
+                self._held = pending  # only newlines so far, or may become "<think>": wait
                 return "", ""
-            if pending.lstrip("\n").startswith(THINK_START):
-                pending = pending.lstrip("\n")[len(THINK_START):].lstrip("\n")
-            if pending or final:
-                self._at_start = False
+            self._at_start = False
         end = pending.find(THINK_END)
         if end >= 0:
             self._held, self.in_reasoning = "", False
