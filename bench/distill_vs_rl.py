@@ -149,7 +149,7 @@ def grpo(model_dir: Path, train_file: Path, steps: int, s: Setting, out: Path,
         "grpo.beta": 0.0, "grpo.loss_type": "dapo", "reward.names": ["accuracy", "format"],
         "reward.workers": 0, "optim.lr": s.grpo_lr, "train.out_dir": str(out),
         "train.steps": steps, "train.micro_batch": 64, "train.seed": seed,
-        "train.precision": "fp32", "train.progress": False, "train.log_every": 10,
+        "train.precision": "fp32", "train.progress": False, "train.log_every": 1,
         "train.device": "cpu"}))
     if not (out / "model").is_dir():
         run_grpo(cfg, DistInfo())
@@ -161,8 +161,10 @@ def grpo_flops(curve: list[dict[str, Any]], prompt_tokens: float, s: Setting,
                active: int) -> float:
     """Student-side FLOPs of GRPO: generation (prefill + decode, 2·N per token) and one update
     pass (forward + backward, 6·N per token) over every sampled sequence."""
-    seqs = s.grpo_prompts * s.grpo_group
-    tokens = sum(seqs * (prompt_tokens + r["length_mean"]) for r in curve)
+    seqs, tokens, prev = s.grpo_prompts * s.grpo_group, 0.0, 0
+    for r in curve:  # a logged step stands for the unlogged ones before it
+        tokens += (r["step"] - prev) * seqs * (prompt_tokens + r["length_mean"])
+        prev = r["step"]
     return 8.0 * active * tokens
 
 

@@ -226,3 +226,11 @@ def test_bad_config_values_fail_with_the_field_name(model_dir: Path, tmp_path: P
     assert main([*overrides(model_dir, out, **{key: value}), "--quiet"]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_partial_sections_keep_the_grpo_defaults(tmp_path: Path) -> None:
+    (tmp_path / "run.toml").write_text('[optim]\nlr = 1e-4\n[train]\nseed = 3\n')
+    cfg = load_config(GRPOConfig, tmp_path / "run.toml", ["--grpo.beta", "0"])
+    assert (cfg.optim.lr, cfg.optim.schedule, cfg.optim.weight_decay) == (1e-4, "constant", 0.0)
+    assert cfg.optim.bias_update_speed == 0.0
+    assert (cfg.train.out_dir, cfg.train.steps, cfg.train.seed) == ("runs/grpo", 100, 3)
