@@ -202,9 +202,11 @@ def _medians(runs: list[dict]) -> dict:
     return {k: statistics.median(r[k] for r in runs if k in r) for k in sorted(keys)}
 
 
-def _model_facts(model_dir: str) -> tuple[int, int]:
-    """Active weight bytes per token (fp32, head included) and per-head K/V bytes per token
-    (what caching expanded keys/values would take)."""
+def _model_facts(model_dir: str) -> dict:
+    """Active weight bytes per token (fp32, head included), per-head K/V bytes per token (what
+    caching expanded keys/values would take), and the weight bytes one decode step of 8
+    sequences must read: everything but the routed experts once, plus the experts the 8 tokens
+    pick, ``E·(1 − (1 − k/E)^8)`` per MoE layer if routing is uniform (random weights)."""
     from nanoseek.checkpoint import read_config
     from nanoseek.cost import count_params, kv_cache_bytes_per_token
     from nanoseek.model import build_model
@@ -212,16 +214,26 @@ def _model_facts(model_dir: str) -> tuple[int, int]:
     config = read_config(model_dir)[0]
     with torch.device("meta"):
         model = build_model(config)
-    return count_params(model).active * 4, kv_cache_bytes_per_token(config, 4)["per_head_kv"]
+    active = count_params(model).active * 4
+    e, k = config.n_routed_experts, config.num_experts_per_tok
+    expert = 3 * config.hidden_size * config.moe_intermediate_size * 4
+    moe_layers = config.num_hidden_layers - config.first_k_dense_replace
+    touched_b8 = e * (1 - (1 - k / e) ** 8)
+    step_b8 = active + moe_layers * (touched_b8 - k) * expert
+    return {"active_bytes_per_token": active,
+            "per_head_kv": kv_cache_bytes_per_token(config, 4)["per_head_kv"],
+            "step_bytes_b8": step_b8, "experts_touched_b8": touched_b8}
 
 
-def summarize(ns: dict, hf: dict, bw: float, active: int, per_head_kv: int) -> dict:
+def summarize(ns: dict, hf: dict, bw: float, facts: dict) -> dict:
     rows = {}
     for key in sorted(set(ns) & set(hf)):
         if key.startswith(("prefill", "decode", "kv_", "peak")):
             ratio = ns[key] / hf[key] if hf[key] else float("nan")
             rows[key] = {"nanoseek": ns[key], "transformers": hf[key], "ratio": ratio}
+    active, per_head_kv = facts["active_bytes_per_token"], facts["per_head_kv"]
     roofline = bw * 1e9 / active
+    roofline_b8 = 8 * bw * 1e9 / facts["step_bytes_b8"]
     extra = {k: ns[k] for k in ns if k.startswith(("single", "concurrent", "prefix"))}
     checks = {"decode_b1": rows.get("decode_b1", {}).get("ratio"),
               "decode_b8": rows.get("decode_b8", {}).get("ratio"),
@@ -234,6 +246,10 @@ def summarize(ns: dict, hf: dict, bw: float, active: int, per_head_kv: int) -> d
             "active_bytes_per_token": active, "roofline_b1_tps": roofline,
             "roofline_fraction_b1": {"nanoseek": ns["decode_b1"] / roofline,
                                      "transformers": hf["decode_b1"] / roofline},
+            "experts_touched_b8": facts["experts_touched_b8"], "roofline_b8_tps": roofline_b8,
+            "roofline_fraction_b8": {side: r["decode_b8"] / roofline_b8
+                                     for side, r in (("nanoseek", ns), ("transformers", hf))
+                                     if "decode_b8" in r},
             "goals": goals}
 
 
@@ -250,6 +266,10 @@ def print_table(summary: dict) -> None:
           f"{summary['roofline_b1_tps']:.1f} tok/s; reached: nanoseek "
           f"{summary['roofline_fraction_b1']['nanoseek']:.0%}, transformers "
           f"{summary['roofline_fraction_b1']['transformers']:.0%}")
+    b8 = summary["roofline_fraction_b8"]
+    print(f"batch-8 roofline {summary['roofline_b8_tps']:.1f} tok/s (reading "
+          f"{summary['experts_touched_b8']:.1f} experts per MoE layer per step); reached: "
+          + ", ".join(f"{side} {frac:.0%}" for side, frac in b8.items()))
     for key, goal in summary["goals"].items():
         got = "n/a" if goal["got"] is None else f"{goal['got']:.2f}x"
         print(f"goal {key:<22} >= {goal['goal']:.0f}x: {got} {'met' if goal['met'] else 'NOT met'}")
@@ -288,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"round {r + 1}/{repeats}: {side}…", file=sys.stderr, flush=True)
                 runs[side].append(_run_worker(side, model_dir, args))
         summary = summarize(_medians(runs["nanoseek"]), _medians(runs["transformers"]), bw,
-                            *_model_facts(model_dir))
+                            _model_facts(model_dir))
     summary.update(threads=args.threads, repeats=repeats, decode_new_tokens=new,
                    preset="small", dtype="float32", runs=runs)
     print_table(summary)

@@ -95,8 +95,11 @@ class MultiHeadLatentAttention(nn.Module):
         k_pe = k_pe_BSR.unsqueeze(1).expand(b, self.n_heads, s, self.rope_dim)
         q = torch.cat([q_nope, q_pe], dim=-1)
         k = torch.cat([k_nope, k_pe], dim=-1)
+        v_dim, qk_dim = self.v_dim, q.shape[-1]
+        if v_dim < qk_dim:  # torch's fused CPU kernel wants one head dim: pad v, slice after
+            v_BHSv = F.pad(v_BHSv, (0, qk_dim - v_dim))
         out = F.scaled_dot_product_attention(q, k, v_BHSv, attn_mask=mask, scale=self.scale)
-        return out.transpose(1, 2)
+        return out[..., :v_dim].transpose(1, 2)
 
     def attend_absorbed(self, q_nope, q_pe, c_kv_BSC, k_pe_BSR, mask) -> torch.Tensor:
         """Attend over the latent itself: MQA with one (C + r)-wide key per token.
@@ -108,10 +111,12 @@ class MultiHeadLatentAttention(nn.Module):
         q_lat_BHTC = torch.einsum("bhtn,hnc->bhtc", q_nope, w_uk)
         q = torch.cat([q_lat_BHTC, q_pe], dim=-1).reshape(b, 1, h * t, -1)
         k = torch.cat([c_kv_BSC, k_pe_BSR], dim=-1).unsqueeze(1)
-        v = c_kv_BSC.unsqueeze(1)
-        m = mask.expand(b, 1, t, mask.shape[-1]).repeat(1, 1, h, 1)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=m, scale=self.scale)
-        return torch.einsum("bhtc,hvc->bthv", o.view(b, h, t, -1), w_uv)
+        # the value is the latent, the key's first C columns: attending with v = k (one head
+        # dim, so torch's fused kernel applies) and keeping the first C output columns is exact
+        m = mask if t == 1 else mask.expand(b, 1, t, mask.shape[-1]).repeat(1, 1, h, 1)
+        o = F.scaled_dot_product_attention(q, k, k, attn_mask=m, scale=self.scale)
+        o_BHTC = o[..., : self.kv_rank].reshape(b, h, t, -1)
+        return torch.einsum("bhtc,hvc->bthv", o_BHTC, w_uv)
 
     def attend_reference(self, q_nope, q_pe, c_kv_BSC, k_pe_BSR, mask) -> torch.Tensor:
         """Plain-math absorbed attention (explicit einsums, fp32 softmax), for tests."""
