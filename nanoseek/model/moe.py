@@ -95,7 +95,7 @@ class Experts(nn.Module):
         order_N = torch.argsort(flat_N, stable=True)
         token_N = order_N // k
         counts_E = torch.bincount(flat_N, minlength=self.gate_proj.shape[0])
-        x_ND = x_TD[token_N]
+        x_ND = x_TD.index_select(0, token_N)  # its backward is a fast index_add, not index_put
         h_NI = F.silu(grouped_mm(x_ND, self.gate_proj, counts_E))
         h_NI = h_NI * grouped_mm(x_ND, self.up_proj, counts_E)
         y_ND = grouped_mm(h_NI, self.down_proj, counts_E)
