@@ -28,12 +28,7 @@ from nanoseek.train.config import load_config
 WRONG = "\nno idea\n</think>\n\n\\boxed{-1}"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -29,23 +29,13 @@ from nanoseek.eval import (
 from nanoseek.eval.metrics import default_ks, length_summary
 from nanoseek.infer import LLM
 from nanoseek.model import build_model
-from nanoseek.tokenizer import train_tokenizer
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    corpus = tmp_path_factory.mktemp("corpus")
-    problems = get_task("arithmetic")(40, seed=1, split="train")
-    (corpus / "c.txt").write_text("\n\n".join(p.text() for p in problems))
-    return train_tokenizer([corpus], vocab_size=320)
+def tokenizer(arithmetic_tokenizer):
+    return arithmetic_tokenizer
 
 
 @pytest.fixture(scope="module")

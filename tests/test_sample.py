@@ -27,25 +27,16 @@ from nanoseek.rl.sample import (
     split_completion,
     stats_path,
 )
-from nanoseek.tokenizer import train_tokenizer
 
 WRONG = "\nno idea\n</think>\n\n\\boxed{-12345}"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    corpus = tmp_path_factory.mktemp("corpus")
-    problems = get_task("arithmetic")(40, seed=1, split="train")
-    (corpus / "c.txt").write_text("\n\n".join(p.text() for p in problems))
-    return train_tokenizer([corpus], vocab_size=320)
+def tokenizer(arithmetic_tokenizer):
+    return arithmetic_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -38,12 +38,7 @@ CONV_B = [{"role": "system", "content": "Be brief."}, {"role": "user", "content"
           {"role": "assistant", "content": "6", "reasoning_content": "3+3"}]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

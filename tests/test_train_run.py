@@ -245,3 +245,15 @@ def test_corrupt_or_mismatched_checkpoint(data: Path, reference: Path, tmp_path:
                            str(out / "checkpoints" / "step_00000004")],
                   "different config.json")
     assert (out / "checkpoints" / "step_00000004" / "trainer" / "state.pt").is_file()
+
+
+def test_peak_flops_keeps_the_best_measurement(tmp_path: Path, monkeypatch) -> None:
+    from nanoseek.train import metrics
+
+    cache = tmp_path / "peak.json"
+    readings = iter([2e11, 1e11, 3e11])  # a busy machine measures low in between
+    monkeypatch.setattr(metrics, "measure_matmul_flops", lambda device, dtype: next(readings))
+    cpu = torch.device("cpu")
+    peaks = [metrics.peak_flops(cpu, torch.float32, cache_file=cache)[0] for _ in range(3)]
+    assert peaks == [2e11, 2e11, 3e11]
+    assert metrics.peak_flops(cpu, torch.float32, override_tflops=0.5)[0] == 5e11

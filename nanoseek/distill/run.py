@@ -48,8 +48,6 @@ A config file (every key can be overridden: ``--kd.weight 0.5``)::
 
 from __future__ import annotations
 
-import argparse
-import json
 import shutil
 import sys
 from collections.abc import Sequence
@@ -57,18 +55,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from nanoseek.checkpoint import CheckpointError
 from nanoseek.distill.kd import check_kd
 from nanoseek.distill.onpolicy import OnPolicySection, run_onpolicy
 from nanoseek.distill.traces import generate_traces, score_traces, topk_path
 from nanoseek.distributed import (
     DistInfo,
     broadcast_object,
-    destroy_distributed,
     init_distributed,
 )
-from nanoseek.train.config import OptimConfig, RunConfig, load_config, to_dict
-from nanoseek.train.loop import NonFiniteLossError
+from nanoseek.train.cli import run_stage, stage_parser
+from nanoseek.train.config import OptimConfig, RunConfig, to_dict
 from nanoseek.train.pretrain import ModelSection, model_config
 from nanoseek.train.sft import SFTConfig, SFTDataSection, SFTSection, run_sft
 
@@ -342,49 +338,20 @@ def run_distill(cfg: DistillConfig, info: DistInfo | None = None, resume: bool =
     return DistillResult(out / "student", summary)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="nanoseek distill", description="Distill a teacher into a dense Llama/Qwen2 "
-        "student: verified traces, SFT (+ logit KD), optional on-policy distillation.",
-        epilog="Other arguments are overrides: --section.key value (e.g. --kd.weight 0.5).")
-    p.add_argument("--config", help="TOML file (teacher, problems, traces, student, kd, "
-                   "onpolicy, data, sft, optim, train)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run in train.out_dir")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    return p
+def _done(result: DistillResult) -> str:
+    t = result.summary["traces"]
+    return (f"{t['kept']} traces (pass rate {100 * t['pass_rate']:.1f}%) "
+            f"-> student {result.student_dir}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``nanoseek distill``; returns the exit code."""
-    args, rest = _parser().parse_known_args(argv)
-    try:
-        cfg = load_config(DistillConfig, args.config, rest)
-    except ValueError as e:
-        print(f"nanoseek distill: {e}", file=sys.stderr)
-        return 2
-    if args.quiet:
-        cfg.train.progress = False
-    if args.print_config:
-        print(json.dumps(to_dict(cfg), indent=2))
-        return 0
-    info = init_distributed(cfg.train.device)
-    try:
-        result = run_distill(cfg, info, args.resume)
-    except (ValueError, CheckpointError, FileNotFoundError) as e:
-        print(f"nanoseek distill: error: {e}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as e:
-        print(f"nanoseek distill: stopped: {e}", file=sys.stderr)
-        return 1
-    finally:
-        destroy_distributed()
-    if info.is_main:
-        t = result.summary["traces"]
-        print(f"nanoseek distill: {t['kept']} traces (pass rate {100 * t['pass_rate']:.1f}%) "
-              f"-> student {result.student_dir}")
-    return 0
+    parser = stage_parser(
+        "nanoseek distill", "Distill a teacher into a dense Llama/Qwen2 student: verified "
+        "traces, SFT (+ logit KD), optional on-policy distillation.",
+        "teacher, problems, traces, student, kd, onpolicy, data, sft, optim, train",
+        "--kd.weight 0.5", resume_checkpoint=False)
+    return run_stage(parser, DistillConfig, run_distill, argv, done=_done)
 
 
 if __name__ == "__main__":

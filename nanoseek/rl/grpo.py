@@ -54,9 +54,7 @@ rollouts and batches in ``rollout.py``, the shared log-prob helper in ``logprobs
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -66,11 +64,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from nanoseek.checkpoint import CheckpointError
 from nanoseek.distributed import DistInfo
 from nanoseek.rl.rollout import PromptPool
-from nanoseek.train.config import OptimConfig, Piecewise, RunConfig, load_config, to_dict
-from nanoseek.train.loop import NonFiniteLossError, TrainState
+from nanoseek.train.cli import run_stage, stage_parser
+from nanoseek.train.config import OptimConfig, Piecewise, RunConfig
+from nanoseek.train.loop import TrainState
 
 LOSS_TYPES = ("grpo", "dapo", "dr_grpo")
 SCALES = ("group", "batch", "none")
@@ -380,46 +378,11 @@ def run_grpo(cfg: GRPOConfig, info: DistInfo, resume: str | None = None) -> Trai
     return trainer.fit()
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="nanoseek grpo", description="GRPO reinforcement learning with rule rewards.",
-        epilog="Other arguments are overrides: --section.key value (e.g. --grpo.beta 0).")
-    p.add_argument("--config", help="TOML file (sections model, data, grpo, reward, optim, "
-                                    "train)")
-    p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
-                   help="continue the latest checkpoint of train.out_dir (or CHECKPOINT)")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``nanoseek grpo``; returns the exit code."""
-    from nanoseek.distributed import destroy_distributed, init_distributed
-
-    args, rest = _parser().parse_known_args(argv)
-    try:
-        cfg = load_config(GRPOConfig, args.config, rest)
-    except ValueError as e:
-        print(f"nanoseek grpo: {e}", file=sys.stderr)
-        return 2
-    if args.quiet:
-        cfg.train.progress = False
-    if args.print_config:
-        print(json.dumps(to_dict(cfg), indent=2))
-        return 0
-    try:
-        info = init_distributed(cfg.train.device)
-        run_grpo(cfg, info, args.resume)
-    except (ValueError, FileNotFoundError, CheckpointError) as e:
-        print(f"nanoseek grpo: error: {e}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as e:
-        print(f"nanoseek grpo: stopped: {e}", file=sys.stderr)
-        return 1
-    finally:
-        destroy_distributed()
-    return 0
+    parser = stage_parser("nanoseek grpo", "GRPO reinforcement learning with rule rewards.",
+                          "model, data, grpo, reward, optim, train", "--grpo.beta 0")
+    return run_stage(parser, GRPOConfig, run_grpo, argv)
 
 
 if __name__ == "__main__":

@@ -73,7 +73,9 @@ def peak_flops(device: torch.device, dtype: torch.dtype, override_tflops: float 
     """``(peak FLOP/s, where it comes from)`` for MFU.
 
     An explicit ``override_tflops``; else a known GPU's datasheet number; else a large
-    matmul measured once on this machine and cached (``~/.cache/nanoseek/peak_flops.json``).
+    matmul measured now (half a second) and the best rate ever measured on this machine,
+    kept in ``~/.cache/nanoseek/peak_flops.json``: a busy machine measures low, and the peak
+    is what the hardware can do, not what it did while shared.
     """
     if override_tflops > 0:
         return override_tflops * 1e12, "configured"
@@ -88,8 +90,9 @@ def peak_flops(device: torch.device, dtype: torch.dtype, override_tflops: float 
     cache: dict[str, float] = {}
     with contextlib.suppress(OSError, ValueError):
         cache = json.loads(cache_file.read_text())
-    if cache_key not in cache:
-        cache[cache_key] = measure_matmul_flops(device, dtype)
+    measured = measure_matmul_flops(device, dtype)
+    if measured > cache.get(cache_key, 0.0):
+        cache[cache_key] = measured
         try:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
             write_text_atomic(cache_file, json.dumps(cache, indent=1))

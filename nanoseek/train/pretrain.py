@@ -36,7 +36,6 @@ latest checkpoint in ``train.out_dir`` (``--resume PATH`` a given one). Multi-pr
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -51,10 +50,11 @@ from torch import nn
 
 from nanoseek.checkpoint import CheckpointError
 from nanoseek.config import ModelConfig, get_preset
-from nanoseek.distributed import DistInfo, all_reduce_sum_, destroy_distributed, init_distributed
+from nanoseek.distributed import DistInfo, all_reduce_sum_
 from nanoseek.train import state as ckpt
-from nanoseek.train.config import OptimConfig, Piecewise, RunConfig, load_config, to_dict
-from nanoseek.train.loop import NonFiniteLossError, Trainer, TrainState
+from nanoseek.train.cli import run_stage, stage_parser
+from nanoseek.train.config import OptimConfig, Piecewise, RunConfig, to_dict
+from nanoseek.train.loop import Trainer, TrainState
 from nanoseek.train.losses import LMLoss
 
 # The 256 characters GPT-2 style byte-level BPE uses for the bytes 0..255.
@@ -281,43 +281,11 @@ def run_pretrain(cfg: PretrainConfig, info: DistInfo, resume: str | None = None)
     return trainer.fit()
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="nanoseek pretrain", description="Pretrain a DeepSeek-V3-style model.",
-        epilog="Other arguments are overrides: --section.key value (e.g. --train.steps 100).")
-    p.add_argument("--config", help="TOML file (sections model, data, loss, optim, train)")
-    p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
-                   help="continue the latest checkpoint of train.out_dir (or CHECKPOINT)")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``nanoseek pretrain``; returns the exit code."""
-    args, rest = _parser().parse_known_args(argv)
-    try:
-        cfg = load_config(PretrainConfig, args.config, rest)
-    except ValueError as e:
-        print(f"nanoseek pretrain: {e}", file=sys.stderr)
-        return 2
-    if args.quiet:
-        cfg.train.progress = False
-    if args.print_config:
-        print(json.dumps(to_dict(cfg), indent=2))
-        return 0
-    info = init_distributed(cfg.train.device)
-    try:
-        run_pretrain(cfg, info, args.resume)
-    except (ValueError, CheckpointError) as e:
-        print(f"nanoseek pretrain: error: {e}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as e:
-        print(f"nanoseek pretrain: stopped: {e}", file=sys.stderr)
-        return 1
-    finally:
-        destroy_distributed()
-    return 0
+    parser = stage_parser("nanoseek pretrain", "Pretrain a DeepSeek-V3-style model.",
+                          "model, data, loss, optim, train", "--train.steps 100")
+    return run_stage(parser, PretrainConfig, run_pretrain, argv)
 
 
 if __name__ == "__main__":

@@ -37,8 +37,6 @@ Overrides, resume and multi-process runs work as in ``nanoseek pretrain``. In Py
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import math
 import sys
@@ -51,10 +49,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nanoseek.checkpoint import CheckpointError
-from nanoseek.distributed import DistInfo, all_reduce_sum_, destroy_distributed, init_distributed
-from nanoseek.train.config import OptimConfig, RunConfig, load_config, to_dict
-from nanoseek.train.loop import NonFiniteLossError, Trainer, TrainState, to_device
+from nanoseek.distributed import DistInfo, all_reduce_sum_, init_distributed
+from nanoseek.train.cli import run_stage, stage_parser
+from nanoseek.train.config import OptimConfig, RunConfig, to_dict
+from nanoseek.train.loop import Trainer, TrainState, to_device
 from nanoseek.train.losses import IGNORE_INDEX, cross_entropy
 from nanoseek.train.optim import BatchPlan
 from nanoseek.train.pretrain import ModelSection, build_or_load, model_config, resolve_resume
@@ -322,45 +320,12 @@ def run_sft(cfg: SFTConfig, info: DistInfo | None = None, resume: str | None = N
     return SFTResult(out / "model", state, data_info)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="nanoseek sft", description="Supervised fine-tuning on chat JSONL.",
-        epilog="Other arguments are overrides: --section.key value (e.g. --sft.epochs 2).")
-    p.add_argument("--config", help="TOML file (sections model, data, sft, optim, train)")
-    p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
-                   help="continue the latest checkpoint of train.out_dir (or CHECKPOINT)")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``nanoseek sft``; returns the exit code."""
-    args, rest = _parser().parse_known_args(argv)
-    try:
-        cfg = load_config(SFTConfig, args.config, rest)
-    except ValueError as e:
-        print(f"nanoseek sft: {e}", file=sys.stderr)
-        return 2
-    if args.quiet:
-        cfg.train.progress = False
-    if args.print_config:
-        print(json.dumps(to_dict(cfg), indent=2))
-        return 0
-    info = init_distributed(cfg.train.device)
-    try:
-        result = run_sft(cfg, info, args.resume)
-    except (ValueError, CheckpointError) as e:
-        print(f"nanoseek sft: error: {e}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as e:
-        print(f"nanoseek sft: stopped: {e}", file=sys.stderr)
-        return 1
-    finally:
-        destroy_distributed()
-    if info.is_main:
-        print(f"nanoseek sft: {result.state.step} steps -> {result.model_dir}")
-    return 0
+    parser = stage_parser("nanoseek sft", "Supervised fine-tuning on chat JSONL.",
+                          "model, data, sft, optim, train", "--sft.epochs 2")
+    return run_stage(parser, SFTConfig, run_sft, argv,
+                     done=lambda r: f"{r.state.step} steps -> {r.model_dir}")
 
 
 if __name__ == "__main__":
