@@ -7,7 +7,8 @@ worked solutions, R1 chat format with a ``<think>`` block):
 * **(a) RL**: GRPO directly on the task (``nanoseek.rl.grpo.run_grpo``, accuracy + format
   rewards), from the base student;
 * **(b) distillation**: ``nanoseek.distill.run_distill`` from a GRPO-trained teacher (a larger
-  DeepSeek-V3-shaped MoE: cold-start SFT on more data, then GRPO): verified teacher traces
+  model, dense by default or a DeepSeek-V3-shaped MoE with ``--teacher-arch moe``: cold-start
+  SFT on more data, then GRPO): verified teacher traces
   (rejection sampling), then SFT of the same base student, with as many student-side training
   FLOPs as (a) used (rollout generation 2·N·tokens + updates 6·N·tokens; the SFT step count is
   derived from (a)'s measured token counts). The teacher's own training and its trace sampling

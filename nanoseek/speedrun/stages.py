@@ -139,14 +139,18 @@ def repo_text() -> list[str]:
 def stage_corpus(ctx: Context) -> dict[str, Any]:
     """Task documents with worked ``<think>`` solutions (train split), repository text, the
     cold-start SFT chats and the task files of the later stages (held-out test split)."""
-    from nanoseek.chat_template import EOS_TOKEN
+    from nanoseek.chat_template import EOS_TOKEN, render_text
     from nanoseek.data.tasks import CHAT_INSTRUCTION, chat_messages, get_task
 
     p, out = ctx.preset, ctx.path("corpus")
-    docs = []
+    docs, rng = [], random.Random(0)
     for i, (task, kwargs, n) in enumerate(p.corpus):
-        docs += [q.text() + EOS_TOKEN for q in get_task(task)(n, seed=1000 + i, **kwargs)]
-    random.Random(0).shuffle(docs)
+        for q in get_task(task)(n, seed=1000 + i, **kwargs):
+            if rng.random() < p.chat_fraction:  # ends with EOS; the loader adds the BOS
+                docs.append(render_text(chat_messages(q, with_solution=True), bos_token=""))
+            else:
+                docs.append(q.text() + EOS_TOKEN)
+    rng.shuffle(docs)
     text = repo_text() if p.text_sources else []
     make = get_task(p.task)
     sft = make(p.sft_problems, seed=1, **p.task_args)
