@@ -21,7 +21,7 @@ nanoseek engine, batch 1 and batch 32) of the student vs the teacher. Goal: (b) 
 keeps ≥ 80 % of the teacher's pass@1 at a fraction of its active parameters.
 
     python bench/distill_vs_rl.py                      # arithmetic, seed 0
-    python bench/distill_vs_rl.py --seeds 0 1 --grpo-steps 60
+    python bench/distill_vs_rl.py --seeds 0 1 --grpo-steps 60   # a smaller budget
 
 Prints a markdown table and one JSON object. Work files go to ``--work`` (a temporary folder by
 default).
@@ -61,7 +61,7 @@ class Setting:
     teacher_examples: int = 8000
     teacher_sft_steps: int = 600
     teacher_grpo_steps: int = 10
-    grpo_steps: int = 60
+    grpo_steps: int = 150  # also the distillation budget: 60 gave (b) 50.5%, 150 gave 97.5%
     grpo_prompts: int = 8
     grpo_group: int = 8
     grpo_lr: float = 1e-4

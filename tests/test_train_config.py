@@ -90,3 +90,14 @@ def test_main_print_config_and_bad_config(tmp_path: Path, capsys: pytest.Capture
     assert json.loads(capsys.readouterr().out)["train"]["steps"] == 7
     assert main(["--train.bogus", "1"]) == 2
     assert "train.bogus: unknown key" in capsys.readouterr().err
+
+
+def test_a_partial_section_keeps_the_defaults_its_stage_declares(tmp_path) -> None:
+    from nanoseek.train.sft import SFTConfig
+
+    (tmp_path / "sft.toml").write_text("[train]\nsteps = 7\n[optim]\nwarmup_steps = 3\n")
+    cfg = load_config(SFTConfig, tmp_path / "sft.toml", ["--model.preset", "tiny"])
+    default = SFTConfig()
+    assert (cfg.train.steps, cfg.train.out_dir) == (7, default.train.out_dir)
+    assert (cfg.optim.warmup_steps, cfg.optim.lr) == (3, default.optim.lr)
+    assert cfg.model.init_std == default.model.init_std

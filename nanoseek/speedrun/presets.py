@@ -8,10 +8,10 @@ times were measured, and on what, or are estimates.
 
 * ``ci``: every stage in a couple of minutes, for the test suite; the models are too small to
   learn the task (the student then falls back to the SFT data, see ``stages.py``).
-* ``cpu`` (default): the whole story on a 2-core CPU in about 20 minutes. The task (2-digit
-  addition and subtraction with worked column-by-column solutions) and the sizes were chosen so
-  that a tiny DeepSeek-V3 gets part of the held-out problems right after pretraining and SFT,
-  leaving GRPO room to improve it.
+* ``cpu`` (default): the whole story on a 2-core CPU in about 9 minutes (measured). The task
+  (2-digit addition and subtraction with worked column-by-column solutions) and the sizes were
+  chosen so that a tiny DeepSeek-V3 gets most, not all, held-out problems right after
+  pretraining and SFT (~80%); GRPO does not yet improve on that at this size (README).
 * ``gpu``: the same stages, larger (the ``small`` V3-shaped preset, ~105M total / ~24M active
   parameters, 3-digit arithmetic with ``*``), bf16 on one GPU. Estimated, not measured: about
   50 minutes on one H100-class GPU (pretraining ~15 min, GRPO ~15 min, the rest ~20 min). Under
@@ -108,7 +108,7 @@ _CORPUS = (  # ~85% of the tokens are the task the chat models are trained and t
 
 CPU = Preset(
     name="cpu",
-    description="the default: the whole story on a 2-core CPU in about 20 minutes",
+    description="the default: the whole story on a 2-core CPU in about 9 minutes",
     task_args={"difficulty": 2, "ops": "+-"},
     corpus=_CORPUS,
     sample_problems=4000,

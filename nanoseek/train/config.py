@@ -151,8 +151,10 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
-    """Build dataclass ``cls`` from a nested dict, checking names and types."""
+def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "", base: T | None = None) -> T:
+    """Build dataclass ``cls`` from a nested dict, checking names and types. Keys absent from
+    ``data`` keep ``base``'s values (a section given in part keeps the defaults its parent
+    declares for the rest, e.g. SFT's ``train.out_dir``)."""
     if not isinstance(data, dict):
         raise ValueError(f"{prefix.rstrip('.') or 'config'}: expected a table, got {data!r}")
     hints = typing.get_type_hints(cls)
@@ -165,10 +167,17 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     for name, value in data.items():
         tp = hints[name]
         if dataclasses.is_dataclass(tp):
-            kwargs[name] = from_dict(tp, value, f"{prefix}{name}.")
+            kwargs[name] = from_dict(tp, value, f"{prefix}{name}.", _default(fields[name]))
         else:
             kwargs[name] = _coerce(value, tp, f"{prefix}{name}")
-    return cls(**kwargs)
+    return cls(**kwargs) if base is None else dataclasses.replace(base, **kwargs)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    """The default value a dataclass field declares, or None."""
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
 
 
 def _coerce(value: Any, tp: Any, name: str) -> Any:
