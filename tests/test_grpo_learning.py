@@ -21,7 +21,7 @@ from nanoseek.train.config import OptimConfig, RunConfig, load_config
 from nanoseek.train.loop import Trainer
 from nanoseek.train.losses import cross_entropy
 
-SFT_STEPS, GRPO_STEPS, MARGIN = 400, 30, 0.08
+SFT_STEPS, GRPO_STEPS, MARGIN = 400, 150, 0.05
 
 
 def short(items):
@@ -93,8 +93,8 @@ def test_grpo_raises_held_out_accuracy(tmp_path: Path) -> None:
     settings = {"model.path": str(sft), "data.tasks": [train], "data.eval_tasks": [test],
                 "data.eval_problems": 200, "grpo.group_size": 8, "grpo.prompts_per_step": 16,
                 "grpo.max_new_tokens": 8, "grpo.beta": 0.0, "reward.names": ["accuracy"],
-                "reward.workers": 0, "optim.lr": 3e-4, "train.out_dir": str(tmp_path / "grpo"),
-                "train.steps": GRPO_STEPS, "train.eval_every": GRPO_STEPS,
+                "reward.workers": 0, "optim.lr": 1e-4, "train.out_dir": str(tmp_path / "grpo"),
+                "train.steps": GRPO_STEPS, "train.eval_every": 30,
                 "train.micro_batch": 64, "train.precision": "fp32", "train.progress": False,
                 "train.log_every": 10, "train.device": "cpu"}
     args = [x for k, v in settings.items() for x in (f"--{k}", json.dumps(v))]
