@@ -9,15 +9,14 @@ import pytest
 
 from nanoseek.data.tasks import Problem, countdown
 from nanoseek.rl import rewards
+from nanoseek.rl.countdown import CountdownError, check_countdown, countdown_value
+from nanoseek.rl.reward_workers import call_component
 from nanoseek.rl.rewards import (
     REWARDS,
-    CountdownError,
     RewardSet,
     accuracy,
     answers_equal,
-    check_countdown,
     countdown_reward,
-    countdown_value,
     extract_answer,
     format_reward,
     language_consistency,
@@ -210,9 +209,9 @@ def test_language_consistency():
 
 
 def test_call_turns_failures_into_counted_errors():
-    assert rewards._call(lambda c, p: 1, "", NUM, {}) == ("ok", 1.0)
-    assert rewards._call(lambda c, p: math.nan, "", NUM, {})[0] == "error"
-    assert rewards._call(lambda c, p: 1 / 0, "", NUM, {})[0] == "error"
+    assert call_component(lambda c, p: 1, "", NUM, {}) == ("ok", 1.0)
+    assert call_component(lambda c, p: math.nan, "", NUM, {})[0] == "error"
+    assert call_component(lambda c, p: 1 / 0, "", NUM, {})[0] == "error"
 
 
 def test_reward_set_inline_weights_and_errors(caplog):

@@ -23,7 +23,8 @@ from nanoseek.data.tasks import (
     split_of,
     word_problems,
 )
-from nanoseek.rl.rewards import countdown_value, format_reward
+from nanoseek.rl.countdown import countdown_value
+from nanoseek.rl.rewards import format_reward
 
 DIFFICULTIES = {"arithmetic": (1, 2, 3, 4), "countdown": (2, 3, 4, 5), "word_problems": (1, 2, 3)}
 

@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from nanoseek.data.tasks import Problem
-from nanoseek.rl.rewards import CountdownError, countdown_value, extract_answer
+from nanoseek.rl.countdown import CountdownError, countdown_value
+from nanoseek.rl.rewards import extract_answer
 
 _NUMBER = re.compile(r"[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|[+-]?\.\d+|[+-]?\d+/\d+",
                      re.ASCII)

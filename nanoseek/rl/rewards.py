@@ -17,38 +17,33 @@ language   R1's language consistency: share of the letters in the target script.
 :class:`RewardSet` scores a batch in worker processes with a per-call timeout: a component that
 raises, returns a non-finite value or times out scores 0, is counted in the returned
 :class:`RewardBatch` and logged, and the batch goes on. ``math_verify``'s own timeouts rely on
-``signal.alarm`` (main thread only), so the hard limit is the parent killing the worker.
+``signal.alarm`` (main thread only), so the hard limit is the parent killing the worker
+(``reward_workers.py``). The Countdown parser is ``countdown.py``.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
 import logging
-import math
-import multiprocessing as mp
 import re
 import threading
-import time
 import unicodedata
-import weakref
-from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from multiprocessing.connection import Connection, wait
 
 import numpy as np
 
 from nanoseek.data.tasks import Problem
+from nanoseek.rl.countdown import check_countdown
+from nanoseek.rl.reward_workers import Job, Result, WorkerPool, call_component
 
 log = logging.getLogger(__name__)
 
 COUNTDOWN_FORMAT_SCORE = 0.1  # TinyZero: an answer was given but it is wrong
 MAX_ANSWER_CHARS = 1000  # longer predicted answers are wrong without parsing them
 MATH_VERIFY_TIMEOUT_S = 5  # math_verify's own (signal) timeout, used in a main thread only
-MAX_PAREN_DEPTH = 50
 SCRIPTS = {  # unicodedata name prefixes of each script's letters
     "latin": ("LATIN",), "cyrillic": ("CYRILLIC",), "greek": ("GREEK",), "arabic": ("ARABIC",),
     "hebrew": ("HEBREW",), "devanagari": ("DEVANAGARI",),
@@ -103,103 +98,6 @@ def extract_answer(completion: str) -> str | None:
     elif "<think>" in completion:
         return None
     return _answer_in(completion)
-
-
-# ---------------------------------------------------------------------------------------------
-# Countdown: a small exact-arithmetic parser (never eval)
-
-
-class CountdownError(ValueError):
-    """The expression is not a valid Countdown answer (syntax, numbers used, division by 0)."""
-
-
-_UNICODE_OPS = str.maketrans({"×": "*", "÷": "/", "−": "-", "·": "*"})
-
-
-def _tokenize(expr: str) -> list[str]:
-    """ASCII integers, ``+ - * / ( )``; anything else (``**``'s second star is caught later)."""
-    tokens = []
-    for m in re.finditer(r"\s*(?:([0-9]+)|([-+*/()])|(\S))", expr):
-        if m.group(3) is not None:
-            raise CountdownError(f"unexpected character {m.group(3)!r}")
-        tokens.append(m.group(1) or m.group(2))
-    return tokens
-
-
-class _Parser:
-    """expr := term (('+'|'-') term)* ; term := atom (('*'|'/') atom)* ; atom := INT | '(' expr ')'
-    evaluated exactly with Fractions; no unary minus, no exponent."""
-
-    def __init__(self, tokens: list[str]) -> None:
-        self.tokens, self.pos = tokens, 0
-
-    def _next(self) -> str | None:
-        tok = self.tokens[self.pos] if self.pos < len(self.tokens) else None
-        self.pos += 1
-        return tok
-
-    def _peek(self) -> str | None:
-        return self.tokens[self.pos] if self.pos < len(self.tokens) else None
-
-    def parse(self) -> Fraction:
-        value = self._expr(0)
-        if self.pos != len(self.tokens):
-            raise CountdownError(f"unexpected {self.tokens[self.pos]!r}")
-        return value
-
-    def _expr(self, depth: int) -> Fraction:
-        value = self._term(depth)
-        while self._peek() in ("+", "-"):
-            op, rhs = self._next(), self._term(depth)
-            value = value + rhs if op == "+" else value - rhs
-        return value
-
-    def _term(self, depth: int) -> Fraction:
-        value = self._atom(depth)
-        while self._peek() in ("*", "/"):
-            op, rhs = self._next(), self._atom(depth)
-            if op == "/" and rhs == 0:
-                raise CountdownError("division by zero")
-            value = value * rhs if op == "*" else value / rhs
-        return value
-
-    def _atom(self, depth: int) -> Fraction:
-        tok = self._next()
-        if tok == "(":
-            if depth >= MAX_PAREN_DEPTH:
-                raise CountdownError(f"parentheses nested deeper than {MAX_PAREN_DEPTH}")
-            value = self._expr(depth + 1)
-            if self._next() != ")":
-                raise CountdownError("unbalanced parentheses")
-            return value
-        if tok is not None and tok.isdigit():
-            return Fraction(int(tok))
-        raise CountdownError(f"expected a number or '(', got {tok!r}")
-
-
-def countdown_value(expr: str, numbers: Sequence[int]) -> Fraction:
-    """Exact value of ``expr`` after checking it uses each of ``numbers`` exactly once.
-
-    Fractional intermediates are allowed (``(8/3)*3`` is 8; TinyZero's float eval allows them
-    too); unary minus, ``**``, decimals, other characters and division by zero raise
-    CountdownError. An ``expr = value`` form is accepted and only ``expr`` is evaluated.
-    """
-    expr = expr.translate(_UNICODE_OPS).partition("=")[0]
-    tokens = _tokenize(expr)
-    literals = [t for t in tokens if t.isdigit()]
-    if any(len(t) > 18 or (len(t) > 1 and t[0] == "0") for t in literals):
-        raise CountdownError("numbers must be written plainly (no leading zeros, < 19 digits)")
-    if Counter(int(t) for t in literals) != Counter(int(n) for n in numbers):
-        raise CountdownError(f"uses {sorted(map(int, literals))}, must use {sorted(numbers)} once")
-    return _Parser(tokens).parse()
-
-
-def check_countdown(expr: str, numbers: Sequence[int], target: int) -> bool:
-    """True when ``expr`` uses each of ``numbers`` once and equals ``target`` exactly."""
-    try:
-        return countdown_value(expr, numbers) == target
-    except CountdownError:
-        return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,149 +239,6 @@ REWARDS: dict[str, Callable[..., float]] = {
 _PRELOAD = {"accuracy": ("math_verify",)}  # imported when a worker starts, not on its first job
 
 # ---------------------------------------------------------------------------------------------
-# worker processes with a hard per-call timeout
-
-Job = tuple[Callable[..., float], str, Problem, dict]
-Result = tuple[str, float | str]  # ("ok", value) | ("error", message) | ("timeout", message)
-
-
-def _call(fn: Callable[..., float], completion: str, problem: Problem, kwargs: dict) -> Result:
-    """Run one component; exceptions and non-finite values become ("error", message)."""
-    try:
-        value = float(fn(completion, problem, **kwargs))
-    except Exception as e:
-        return "error", f"{type(e).__name__}: {e}"[:300]
-    return ("ok", value) if math.isfinite(value) else ("error", f"non-finite reward {value}")
-
-
-def _worker_main(conn: Connection, preload: tuple[str, ...]) -> None:
-    for module in preload:
-        importlib.import_module(module)
-    conn.send(("ready", 0.0))
-    while True:
-        try:
-            job = conn.recv()
-        except EOFError:
-            return
-        except Exception as e:  # a job that does not unpickle here
-            conn.send(("error", f"cannot receive the job: {type(e).__name__}: {e}"[:300]))
-            continue
-        if job is None:
-            return
-        conn.send(_call(*job))
-
-
-@dataclass
-class _Worker:
-    process: mp.process.BaseProcess
-    conn: Connection
-    started: float
-    ready: bool = False
-    job: int | None = None
-    deadline: float = 0.0
-
-
-def _stop(worker: _Worker) -> None:
-    worker.process.kill()
-    worker.process.join(timeout=5)
-    worker.conn.close()
-
-
-def _stop_all(workers: list[_Worker]) -> None:
-    for worker in workers:
-        _stop(worker)
-
-
-def _context(preload: tuple[str, ...]) -> mp.context.BaseContext:
-    """Workers never fork this process (it may hold torch threads): they fork from a clean
-    fork server that has imported ``preload`` once (so a replaced worker starts in ms), or are
-    spawned where there is no fork server."""
-    if "forkserver" not in mp.get_all_start_methods():
-        return mp.get_context("spawn")
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload([__name__, *preload])  # no effect once the server runs
-    return ctx
-
-
-class _WorkerPool:
-    """``size`` spawned processes; ``run`` sends one job per idle worker and kills (then
-    replaces) a worker whose job outlives its deadline."""
-
-    def __init__(self, size: int, preload: tuple[str, ...], start_timeout_s: float = 120.0):
-        self._ctx = _context(preload)
-        self._preload, self._start_timeout_s = preload, start_timeout_s
-        self.workers = [self._spawn() for _ in range(size)]
-        self._finalizer = weakref.finalize(self, _stop_all, self.workers)
-
-    def _spawn(self) -> _Worker:
-        parent, child = self._ctx.Pipe()
-        process = self._ctx.Process(target=_worker_main, args=(child, self._preload),
-                                    daemon=True, name="nanoseek-reward")
-        process.start()
-        child.close()
-        return _Worker(process, parent, started=time.monotonic())
-
-    def _replace(self, i: int) -> None:
-        _stop(self.workers[i])
-        self.workers[i] = self._spawn()
-
-    def run(self, jobs: Sequence[Job], timeout_s: float) -> list[Result]:
-        results: list[Result | None] = [None] * len(jobs)
-        pending = deque(range(len(jobs)))
-        while pending or any(w.job is not None for w in self.workers):
-            self._dispatch(jobs, pending, results, timeout_s)
-            self._collect(results)
-            self._expire(results, timeout_s)
-        return results  # type: ignore[return-value]
-
-    def _dispatch(self, jobs: Sequence[Job], pending: deque, results: list, timeout_s: float):
-        for w in self.workers:
-            while w.ready and w.job is None and pending:
-                i = pending.popleft()
-                try:
-                    w.conn.send(jobs[i])  # pickles first, so a failure writes nothing
-                except Exception as e:
-                    results[i] = ("error", f"cannot send the job: {type(e).__name__}: {e}"[:300])
-                    continue
-                w.job, w.deadline = i, time.monotonic() + timeout_s
-
-    def _collect(self, results: list) -> None:
-        waiting = [w for w in self.workers if not w.ready or w.job is not None]
-        deadlines = [w.deadline if w.ready else w.started + self._start_timeout_s for w in waiting]
-        ready = wait([w.conn for w in waiting], max(0.0, min(deadlines) - time.monotonic()))
-        for i, w in enumerate(self.workers):
-            if w.conn not in ready:
-                continue
-            try:
-                status, value = w.conn.recv()
-            except (EOFError, OSError):
-                if not w.ready:
-                    raise RuntimeError(
-                        "a reward worker failed to start (see its stderr). Workers re-import "
-                        "the main script: one that scores rewards must run under "
-                        "`if __name__ == '__main__':`") from None
-                results[w.job] = ("error", "the reward worker died")
-                self._replace(i)
-                continue
-            if status == "ready":
-                w.ready = True
-            else:
-                results[w.job], w.job = (status, value), None
-
-    def _expire(self, results: list, timeout_s: float) -> None:
-        now = time.monotonic()
-        for i, w in enumerate(self.workers):
-            if w.job is not None and now >= w.deadline:
-                results[w.job] = ("timeout", f"no result within {timeout_s:g} s")
-                self._replace(i)
-            elif not w.ready and now >= w.started + self._start_timeout_s:
-                raise RuntimeError(f"a reward worker did not start in {self._start_timeout_s} s")
-
-    def close(self) -> None:
-        self._finalizer()
-
-
-# ---------------------------------------------------------------------------------------------
 # batch scoring
 
 
@@ -555,7 +310,7 @@ class RewardSet:
         self.weights = [1.0] * len(names) if weights is None else [float(w) for w in weights]
         self.timeout_s, self.workers = timeout_s, workers
         self._bound = {n: _bind(n, options.get(n, {})) for n in self.names}
-        self._pool: _WorkerPool | None = None
+        self._pool: WorkerPool | None = None
 
     def score(self, completions: Sequence[str], problems: Sequence[Problem],
               lengths: Sequence[int] | None = None) -> RewardBatch:
@@ -573,10 +328,10 @@ class RewardSet:
 
     def _run(self, jobs: list[Job]) -> list[Result]:
         if self.workers == 0:
-            return [_call(*job) for job in jobs]
+            return [call_component(*job) for job in jobs]
         if self._pool is None:
-            preload = tuple({m for n in self.names for m in _PRELOAD.get(n, ())})
-            self._pool = _WorkerPool(self.workers, preload)
+            preload = (__name__, *sorted({m for n in self.names for m in _PRELOAD.get(n, ())}))
+            self._pool = WorkerPool(self.workers, preload)
         return self._pool.run(jobs, self.timeout_s)
 
     def _assemble(self, results: list[Result], batch: int) -> RewardBatch:
