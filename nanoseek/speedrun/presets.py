@@ -148,8 +148,8 @@ CPU = Preset(
         "optim.lr": 3e-3, "optim.warmup_steps": 10,
     },
     speed={"prompts": 8, "max_tokens": 64, "batch_prompts": 64},
-    expected_s={"corpus": 1, "tokenizer": 1, "data": 2, "pretrain": 190, "sft": 15,
-                "grpo": 175, "sample": 47, "distill": 36, "eval": 22, "speed": 10,
+    expected_s={"corpus": 1, "tokenizer": 1, "data": 2, "pretrain": 195, "sft": 16,
+                "grpo": 190, "sample": 46, "distill": 36, "eval": 24, "speed": 11,
                 "report": 2},
     timing_note="measured on an idle 2-core x86 CPU (Intel Xeon, AVX-512, torch 2.13 CPU) "
                 "on 2026-11-30",
