@@ -67,7 +67,7 @@ from torch import nn
 from nanoseek.distributed import DistInfo
 from nanoseek.rl.rollout import PromptPool
 from nanoseek.train.cli import run_stage, stage_parser
-from nanoseek.train.config import OptimConfig, Piecewise, RunConfig
+from nanoseek.train.config import OptimConfig, RunConfig
 from nanoseek.train.loop import TrainState
 
 LOSS_TYPES = ("grpo", "dapo", "dr_grpo")
@@ -138,33 +138,17 @@ class RewardSection:
 
 
 @dataclass
-class GRPOOptimConfig(OptimConfig):
-    """``[optim]`` with RL defaults: R1's lr, constant, no weight decay, no balance-bias
-    updates (the bias would move the policy outside the gradient)."""
-
-    lr: float = 3e-6
-    schedule: str = "constant"
-    weight_decay: float = 0.0
-    bias_update_speed: Piecewise = 0.0
-
-
-@dataclass
-class GRPORunConfig(RunConfig):
-    """``[train]`` with GRPO defaults; ``micro_batch`` counts completions per forward."""
-
-    out_dir: str = "runs/grpo"
-    steps: int = 100
-    micro_batch: int = 8
-
-
-@dataclass
 class GRPOConfig:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     grpo: GRPOSection = field(default_factory=GRPOSection)
     reward: RewardSection = field(default_factory=RewardSection)
-    optim: GRPOOptimConfig = field(default_factory=GRPOOptimConfig)
-    train: GRPORunConfig = field(default_factory=GRPORunConfig)
+    # RL defaults: R1's lr, constant, no weight decay, no balance-bias updates (the bias would
+    # move the policy outside the gradient); ``train.micro_batch`` counts completions
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(
+        lr=3e-6, schedule="constant", weight_decay=0.0, bias_update_speed=0.0))
+    train: RunConfig = field(default_factory=lambda: RunConfig(
+        out_dir="runs/grpo", steps=100, micro_batch=8))
 
 
 def validate(cfg: GRPOConfig) -> None:
