@@ -15,8 +15,7 @@ Names below are imported lazily.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from nanoseek._lazy import lazy_exports
 
 # public name -> module that defines it
 _EXPORTS = {
@@ -33,14 +32,4 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'nanoseek.train' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
-
-
-__all__ = sorted(_EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
