@@ -1,7 +1,8 @@
 """Data: corpus preparation, token shards and loaders, verifiable task generators.
 
 - ``prepare.py``: text / JSONL / Parquet / Arrow files → token shards + ``manifest.json``
-  (``nanoseek data prepare``; ``prepare(...)`` in-process).
+  (``nanoseek data prepare``; ``prepare(...)`` in-process), reading with ``sources.py`` and
+  tokenizing and writing shards with ``shards.py``.
 - ``manifest.py``: the manifest, ``load_manifest``, ``check_tokenizer``.
 - ``loader.py``: ``PackedLoader`` (BOS-aligned best-fit packing, rank-sharded, resumable) and
   ``iter_batches`` (a finite, deterministic validation pass).

@@ -39,6 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from nanoseek.jsonl import iter_jsonl
+
 IGNORE_INDEX = -100
 OVERLONG = ("drop", "truncate")
 
@@ -97,19 +99,12 @@ def read_chat_jsonl(paths: str | Path | Sequence[str | Path]) -> list[dict[str, 
         if not path.is_file():
             raise ValueError(f"data.train: no such file {path}; give chat JSONL with "
                              "'messages' per line (e.g. written by `nanoseek sample`)")
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-                if not isinstance(record, dict) or not isinstance(record.get("messages"), list):
-                    raise ValueError(f"{path}:{lineno}: expected an object with a 'messages' "
-                                     "list of {role, content} dicts")
-                record["_where"] = f"{path}:{lineno}"
-                records.append(record)
+        for lineno, record in iter_jsonl(path, invalid="not valid JSON"):
+            if not isinstance(record, dict) or not isinstance(record.get("messages"), list):
+                raise ValueError(f"{path}:{lineno}: expected an object with a 'messages' "
+                                 "list of {role, content} dicts")
+            record["_where"] = f"{path}:{lineno}"
+            records.append(record)
     return records
 
 
