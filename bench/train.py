@@ -43,7 +43,7 @@ from nanoseek.checkpoint import save_pretrained
 from nanoseek.config import get_preset
 from nanoseek.cost import train_flops_per_token
 from nanoseek.model import build_model
-from nanoseek.train.loop import apply_activation_checkpointing, resolve_precision
+from nanoseek.train.loop import apply_activation_checkpointing, compile_model, resolve_precision
 from nanoseek.train.losses import LMLoss
 from nanoseek.train.metrics import measure_matmul_flops
 from nanoseek.train.optim import ExpertBalancer
@@ -58,14 +58,19 @@ def save_reference(preset: str, hf_dir: Path) -> None:
     save_pretrained(build_model(get_preset(preset)), hf_dir)
 
 
-def load_side(side: str, hf_dir: Path, checkpointing: bool) -> nn.Module:
-    """The nanoseek or the transformers model, both from ``hf_dir`` (same weights)."""
+def load_side(side: str, hf_dir: Path, checkpointing: bool, compiled: bool = False
+              ) -> nn.Module:
+    """The nanoseek or the transformers model, both from ``hf_dir`` (same weights);
+    ``compiled``: compiled (nanoseek as ``train.compile`` does it, transformers
+    with ``model.compile()``)."""
     if side != "transformers":
         from nanoseek.checkpoint import load_pretrained
 
         model = load_pretrained(hf_dir, dtype=torch.float32).train()
         if checkpointing:
             apply_activation_checkpointing(model)
+        if compiled:
+            compile_model(model)
         return model
     import transformers
 
@@ -74,6 +79,8 @@ def load_side(side: str, hf_dir: Path, checkpointing: bool) -> nn.Module:
     model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
     if checkpointing:
         model.gradient_checkpointing_enable()
+    if compiled:
+        model.compile()
     return model.train()
 
 
@@ -200,7 +207,7 @@ def run_throughput(args: argparse.Namespace, hf_dir: Path, precisions: list[str]
     flops = {"nanoseek": train_flops_per_token(config, args.seq),
              "transformers": train_flops_per_token(config, args.seq),
              "nanoseek+mtp": train_flops_per_token(config, args.seq, include_mtp=True)}
-    models = {side: load_side(side, hf_dir, args.activation_checkpointing)
+    models = {side: load_side(side, hf_dir, args.activation_checkpointing, args.compile)
               for side in ("nanoseek", "transformers")}
     hf_experts = getattr(models["transformers"].config, "_experts_implementation", "?")
     torch.manual_seed(1)
@@ -228,7 +235,8 @@ def run_throughput(args: argparse.Namespace, hf_dir: Path, precisions: list[str]
 def print_table(report: dict) -> None:
     print(f"\npreset {report['preset']}, batch {report['batch']} × seq {report['seq']}, "
           f"{report['threads']} threads, repeats {report['repeats']} (medians), "
-          f"activation checkpointing {report['activation_checkpointing']}")
+          f"activation checkpointing {report['activation_checkpointing']}, "
+          f"torch.compile {report['compile']}")
     print(f"transformers experts implementation: {report['hf_experts_implementation']}")
     print(f"{'precision':<9} {'side':<14} {'step s':>8} {'best s':>8} {'tokens/s':>10} {'MFU':>7} "
           f"{'peak RSS MiB':>13} {'train +MiB':>11}")
@@ -261,6 +269,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--precision", default="both", choices=("fp32", "bf16", "both"))
     p.add_argument("--activation-checkpointing", action="store_true")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile both sides (nanoseek's routed experts stay eager)")
     p.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     p.add_argument("--quick", action="store_true",
                    help="batch 1 × 128, 3 repeats, fewer memory probes (< 2 min on an idle "
@@ -290,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         report = {"preset": args.preset, "batch": args.batch, "seq": args.seq,
                   "repeats": args.repeats, "threads": torch.get_num_threads(),
                   "activation_checkpointing": args.activation_checkpointing,
-                  **run_throughput(args, hf_dir, precisions)}
+                  "compile": args.compile, **run_throughput(args, hf_dir, precisions)}
         if len(precisions) == 2:
             rows = report["precisions"]
             report["bf16_over_fp32"] = (rows["bf16"]["rows"]["nanoseek"]["tokens_per_s"]

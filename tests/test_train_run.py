@@ -133,6 +133,21 @@ def test_run_outputs(reference: Path) -> None:
     assert bias.abs().sum() > 0  # the balance bias moved and was saved
 
 
+def test_compiled_run_matches_eager(data: Path, reference: Path, tmp_path: Path) -> None:
+    """``train.compile``: the whole model compiled (experts eager) follows the eager run's
+    loss trajectory within float tolerance, and saves the same parameter names."""
+    out = tmp_path / "out"
+    result = run_cli(write_config(tmp_path / "run.toml", data, out, steps=3, eval_every=0,
+                                  compile=True))
+    assert result.returncode == 0, result.stderr
+    got = [v for r in losses(out) if r[1] is not None for v in r[1:5]]
+    want = [v for r in losses(reference) if r[1] is not None for v in r[1:5]][:12]
+    assert len(got) == 12
+    assert got == pytest.approx(want, rel=1e-4, abs=1e-5)
+    assert load_pretrained(out / "model").state_dict().keys() == \
+        load_pretrained(reference / "model").state_dict().keys()
+
+
 def test_exported_model_loads_in_transformers(reference: Path) -> None:
     transformers = pytest.importorskip("transformers")
     hf = transformers.AutoModelForCausalLM.from_pretrained(reference / "model").eval()

@@ -115,15 +115,20 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
         layer.forward = functools.partial(checkpoint, layer.forward, use_reentrant=False)
 
 
-def compile_layers(model: nn.Module) -> None:
-    """``torch.compile`` each decoder layer in place. The routed experts' grouped matmul stays
-    eager: ``torch._grouped_mm`` has no float32 fake-tensor kernel (torch 2.13), so tracing it
+def compile_model(model: nn.Module, per_layer: bool = False) -> None:
+    """``torch.compile`` the model in place: the whole forward (embedding, layers, head, so
+    norms, residual adds and activations fuse across layer boundaries), or each decoder layer
+    (``per_layer``, the pattern FSDP2 wants). The routed experts' grouped matmul stays eager:
+    ``torch._grouped_mm`` has no float32 fake-tensor kernel (torch 2.13), so tracing it
     fails; a graph break around it keeps the rest compiled."""
     from nanoseek.model.moe import Experts
 
     for module in model.modules():
         if isinstance(module, Experts):
             module.forward = torch.compiler.disable(module.forward, recursive=True)
+    if not per_layer:
+        model.compile()
+        return
     for layer in decoder_layers(model):
         layer.compile()
 
@@ -203,7 +208,7 @@ class Trainer:
         if self.run.activation_checkpointing:
             apply_activation_checkpointing(model)
         if self.run.compile:
-            compile_layers(model)
+            compile_model(model, per_layer=self.run.parallel == "fsdp")
         return wrap_model(model, self.run.parallel, self.info)
 
     def _load(self, path: Path) -> None:
