@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nanoseek.config import ModelConfig
+from nanoseek.model.grouped_mm import grouped_mm_op
 from nanoseek.model.layers import SwiGLU
 from nanoseek.model.outputs import RouterStats
 
@@ -94,7 +95,7 @@ class Experts(nn.Module):
         flat_N = idx_TK.reshape(-1)
         order_N = torch.argsort(flat_N, stable=True)
         token_N = order_N // k
-        counts_E = torch.bincount(flat_N, minlength=self.gate_proj.shape[0])
+        counts_E = expert_counts(flat_N, self.gate_proj.shape[0])
         x_ND = x_TD.index_select(0, token_N)  # its backward is a fast index_add, not index_put
         h_NI = F.silu(grouped_mm(x_ND, self.gate_proj, counts_E))
         h_NI = h_NI * grouped_mm(x_ND, self.up_proj, counts_E)
@@ -104,17 +105,10 @@ class Experts(nn.Module):
         return out_TD.index_add(0, token_N, y_ND.to(x_TD.dtype))
 
 
-class _ContiguousGrad(torch.autograd.Function):
-    """Identity whose backward makes the incoming gradient contiguous (``_grouped_mm``'s
-    CPU backward rejects expanded gradients such as the one ``.sum()`` produces)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        return grad.contiguous()
+def expert_counts(idx_N: torch.Tensor, n_experts: int) -> torch.Tensor:
+    """Rows routed to each expert ``[E]`` (int64). ``index_add`` rather than ``bincount``: its
+    shape is static, and a data-dependent shape stops ``torch.compile``."""
+    return idx_N.new_zeros(n_experts).index_add_(0, idx_N, torch.ones_like(idx_N))
 
 
 def grouped_mm(x_ND: torch.Tensor, w_EOD: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
@@ -126,7 +120,7 @@ def grouped_mm(x_ND: torch.Tensor, w_EOD: torch.Tensor, counts_E: torch.Tensor) 
     # few rows (decode): the CPU grouped kernel visits every expert; loop over the used ones
     if x_ND.shape[0] >= w_EOD.shape[0] and _grouped_mm_ok(x_ND, w_EOD):
         offs = torch.cumsum(counts_E, 0).to(torch.int32)
-        return _ContiguousGrad.apply(torch._grouped_mm(x_ND, w_EOD.transpose(-2, -1), offs=offs))
+        return grouped_mm_op(x_ND, w_EOD, offs)
     outs = [chunk @ w_EOD[e].T
             for e, chunk in enumerate(x_ND.split(counts_E.tolist())) if chunk.shape[0]]
     if not outs:
@@ -183,6 +177,6 @@ class DeepseekMoE(nn.Module):
         y_BTD = y_TD.view_as(x_BTD)
         if self.shared_experts is not None:
             y_BTD = y_BTD + self.shared_experts(x_BTD)
-        counts_E = torch.bincount(idx_TK.reshape(-1), minlength=scores_TE.shape[-1])
+        counts_E = expert_counts(idx_TK.reshape(-1), scores_TE.shape[-1])
         stats = RouterStats(self.layer_idx, counts_E, scores_TE, idx_TK)
         return y_BTD, stats

@@ -118,14 +118,8 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
 def compile_model(model: nn.Module, per_layer: bool = False) -> None:
     """``torch.compile`` the model in place: the whole forward (embedding, layers, head, so
     norms, residual adds and activations fuse across layer boundaries), or each decoder layer
-    (``per_layer``, the pattern FSDP2 wants). The routed experts' grouped matmul stays eager:
-    ``torch._grouped_mm`` has no float32 fake-tensor kernel (torch 2.13), so tracing it
-    fails; a graph break around it keeps the rest compiled."""
-    from nanoseek.model.moe import Experts
-
-    for module in model.modules():
-        if isinstance(module, Experts):
-            module.forward = torch.compiler.disable(module.forward, recursive=True)
+    (``per_layer``, the pattern FSDP2 wants). The routed experts' grouped matmul is the
+    custom operator ``nanoseek::grouped_mm``, which the compiler calls as it is."""
     if not per_layer:
         model.compile()
         return
