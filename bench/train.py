@@ -42,6 +42,7 @@ from torch import nn
 from nanoseek.checkpoint import save_pretrained
 from nanoseek.config import get_preset
 from nanoseek.cost import train_flops_per_token
+from nanoseek.cpu_memory import keep_freed_memory
 from nanoseek.model import build_model
 from nanoseek.train.loop import apply_activation_checkpointing, compile_model, resolve_precision
 from nanoseek.train.losses import LMLoss
@@ -284,6 +285,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    keep_freed_memory()  # as nanoseek's trainer does on CPU; both sides run under it
     if args.memory_probe:
         print(json.dumps(memory_probe(args.memory_probe, args.hf_dir, args.batch, args.seq,
                                       args.probe_precision, args.activation_checkpointing)))

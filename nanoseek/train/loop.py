@@ -38,6 +38,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from nanoseek.cpu_memory import keep_freed_memory
 from nanoseek.distributed import (
     DistInfo,
     all_reduce_mean_,
@@ -169,6 +170,8 @@ class Trainer:
         self.ckpt_root = self.out_dir / "checkpoints"
         validate_optim(optim)
         self.precision = resolve_precision(run.precision, self.info.device)
+        if self.info.device.type == "cpu":
+            keep_freed_memory()  # large activations reuse pages instead of faulting them in
         self.plan = BatchPlan.create(run.micro_batch, run.seq_len, self.info.world_size,
                                      run.batch_tokens, run.batch_ramp_start,
                                      run.batch_ramp_tokens)
