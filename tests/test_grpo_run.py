@@ -5,6 +5,7 @@ failing reward, over-long prompts, a reference with another tokenizer, bad confi
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,7 @@ def test_run_logs_every_metric_plots_and_checkpoints(model_dir: Path, tmp_path: 
     assert [r["step"] for r in evals] == [0, 2, 3]
     first = records(out)[0]
     assert first["train_prompts"] == 64 and first["skipped_too_long"] == 0
+    assert first["solutions_too_long"] == 64 and first["longest_solution"] > 6  # 6-token budget
     assert (out / "grpo.png").stat().st_size > 0
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000002",
                                                                       "step_00000003"]
@@ -93,6 +95,23 @@ def test_run_logs_every_metric_plots_and_checkpoints(model_dir: Path, tmp_path: 
     start = load_pretrained(model_dir)
     mtp = [k for k in start.state_dict() if k.startswith("model.layers.2.")]
     assert mtp and all(torch.equal(start.state_dict()[k], exported.state_dict()[k]) for k in mtp)
+
+
+def test_reference_solutions_longer_than_the_budget_are_counted(model_dir: Path) -> None:
+    from nanoseek.rl.grpo import DataSection, solutions_too_long
+    from nanoseek.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_pretrained(model_dir)
+    problems = arithmetic(50, seed=0, difficulty=2, ops="+-")
+    d = DataSection(template="plain")
+    lengths = [len(tok.encode(p.solution)) + 1 for p in problems]  # plain: the whole solution
+    longest = max(lengths)
+    assert solutions_too_long(problems, tok, longest, d) == (0, longest)
+    assert solutions_too_long(problems, tok, longest - 1, d) == (lengths.count(longest), longest)
+    short = sorted(lengths)[10]
+    assert solutions_too_long(problems, tok, short, d)[0] == sum(n > short for n in lengths)
+    without = [replace(p, solution=None) for p in problems]
+    assert solutions_too_long(without, tok, 1, d) == (0, 0)
 
 
 def test_resume_continues_exactly(model_dir: Path, tmp_path: Path) -> None:

@@ -95,6 +95,28 @@ def test_addition_solution_format():
     assert lines[-4] == f"write carry 1 -> {p.answer}"
 
 
+def test_fallible_teacher_slips_carries_and_borrows():
+    exact = arithmetic(600, seed=4, ops="+-")
+    fallible = arithmetic(600, seed=4, ops="+-", slip_rate=0.3)
+    assert [p.prompt for p in fallible] == [p.prompt for p in exact]  # same problems
+    assert [p.answer for p in fallible] == [p.answer for p in exact]  # the truth is unchanged
+    slipped = [p for p in fallible if p.meta.get("slipped")]
+    assert 0.1 < len(slipped) / len(fallible) < 0.3  # ~60% of problems carry or borrow once
+    for p, q in zip(fallible, exact, strict=True):
+        assert p.check(p.solution) is not bool(p.meta.get("slipped"))
+        if not p.meta.get("slipped"):
+            assert p.solution == q.solution
+        for lhs, rhs in _equations(p.solution):  # the teacher's sums stay right
+            assert countdown_value(lhs, [int(x) for x in re.findall(r"\d+", lhs)]) == int(rhs)
+    always = arithmetic(50, seed=0, difficulty=3, ops="+", slip_rate=1.0)
+    for p in always:  # every carry forgotten: digit-wise sums mod 10
+        a, b = (str(p.meta[k]) for k in "ab")
+        no_carry = "".join(str((int(x) + int(y)) % 10) for x, y in zip(a, b, strict=True))
+        assert p.solution.endswith(f"\\boxed{{{int(no_carry)}}}")
+    with pytest.raises(ValueError, match="slip_rate"):
+        arithmetic(3, slip_rate=1.5)
+
+
 def test_countdown_problems():
     for difficulty in (3, 4):
         for p in countdown(200, seed=1, difficulty=difficulty):

@@ -179,36 +179,49 @@ def _digits(x: int, width: int) -> list[int]:
     return [int(c) for c in reversed(str(x).zfill(width))]
 
 
-def _column_add(a: int, b: int) -> list[str]:
-    """Lines of ``a + b`` column by column; the last line ends with ``-> a+b``."""
+def _never() -> bool:
+    return False
+
+
+def _column_add(a: int, b: int, slip: Callable[[], bool] = _never) -> list[str]:
+    """Lines of ``a + b`` column by column; the last line ends with ``-> a+b``.
+
+    ``slip()`` is asked at every carry of 1: when it says True the teacher writes ``carry 0``
+    (forgets the carry) and goes on, so the lines end with the wrong sum that implies.
+    """
     width = max(len(str(a)), len(str(b)))
     lines, partial, carry = [], "", 0
     for x, y in zip(_digits(a, width), _digits(b, width), strict=True):
         s = x + y + carry
         partial = str(s % 10) + partial
-        lines.append(f"{x}+{y}+{carry}={s}, write {s % 10} carry {s // 10} -> {partial}")
-        carry = s // 10
+        out = 0 if s >= 10 and slip() else s // 10
+        lines.append(f"{x}+{y}+{carry}={s}, write {s % 10} carry {out} -> {partial}")
+        carry = out
     if carry:
         lines.append(f"write carry {carry} -> {carry}{partial}")
     return lines
 
 
-def _column_sub(a: int, b: int) -> list[str]:
-    """Lines of ``a - b`` (``a >= b``) with borrows; the last line ends with ``-> a-b``."""
+def _column_sub(a: int, b: int, slip: Callable[[], bool] = _never) -> list[str]:
+    """Lines of ``a - b`` (``a >= b``) with borrows; the last line ends with ``-> a-b``.
+
+    ``slip()`` is asked at every borrow: when it says True the teacher writes ``borrow 0``
+    (forgets to take it from the next column), so the lines end with the wrong difference.
+    """
     width = len(str(a))
     lines, partial, borrow = [], "", 0
     for x, y in zip(_digits(a, width), _digits(b, width), strict=True):
         d = x - y - borrow
         if d >= 0:
-            lines.append(f"{x}-{y}-{borrow}={d}, write {d} borrow 0 -> {d}{partial}")
-            borrow = 0
+            line, out = f"{x}-{y}-{borrow}={d}, write {d} borrow 0", 0
         else:
             d += 10
-            lines.append(f"{x}+10-{y}-{borrow}={d}, write {d} borrow 1 -> {d}{partial}")
-            borrow = 1
-        partial = str(d) + partial
-    if partial != str(a - b):
-        lines.append(f"drop leading zeros -> {a - b}")
+            out = 0 if slip() else 1
+            line = f"{x}+10-{y}-{borrow}={d}, write {d} borrow {out}"
+        borrow, partial = out, str(d) + partial
+        lines.append(f"{line} -> {partial}")
+    if partial != str(int(partial)):
+        lines.append(f"drop leading zeros -> {int(partial)}")
     return lines
 
 
@@ -250,33 +263,54 @@ def _operand(rng: random.Random, digits: int) -> int:
     return rng.randint(0, 9) if digits == 1 else rng.randint(10 ** (digits - 1), 10**digits - 1)
 
 
-def _make_arithmetic(rng: random.Random, digits: int, ops: str) -> Problem:
+def _last_value(steps: list[str]) -> int:
+    """The number a worked solution's last line ends with (``... -> 42``)."""
+    return int(steps[-1].rsplit("-> ", 1)[1])
+
+
+def _make_arithmetic(rng: random.Random, digits: int, ops: str,
+                     slip: Callable[[], bool] = _never) -> Problem:
     op = rng.choice(ops)
     a = _operand(rng, digits)
     b = _operand(rng, digits if op != "*" else (digits + 1) // 2)
     if op == "+":
-        value, steps = a + b, _column_add(a, b)
+        value, steps = a + b, _column_add(a, b, slip)
     elif op == "-":
         value = a - b
-        steps = _column_sub(a, b) if a >= b else [f"{a}<{b}, so {a}-{b}=-({b}-{a})",
-                                                   *_column_sub(b, a), f"negate -> {value}"]
+        if a >= b:
+            steps = _column_sub(a, b, slip)
+        else:
+            steps = [f"{a}<{b}, so {a}-{b}=-({b}-{a})", *_column_sub(b, a, slip)]
+            steps.append(f"negate -> {-_last_value(steps)}")
     else:
         value, steps = a * b, _long_mul(a, b)
     key = f"{min(a, b)}{op}{max(a, b)}" if op in "+*" else f"{a}{op}{b}"
+    written = _last_value(steps)
+    meta = {"key": key, "a": a, "b": b, "op": op, **({"slipped": True} if written != value else {})}
     return Problem(prompt=f"What is {a} {op} {b}?", answer=str(value), task="arithmetic",
-                   meta={"key": key, "a": a, "b": b, "op": op},
-                   solution=r1_solution(steps, str(value)))
+                   meta=meta, solution=r1_solution(steps, str(written)))
 
 
 def arithmetic(n: int, seed: int = 0, difficulty: int = 2, split: str = "train",
-               ops: str = "+-*") -> list[Problem]:
+               ops: str = "+-*", slip_rate: float = 0.0) -> list[Problem]:
     """``a op b`` with ``op`` drawn from ``ops``; ``a`` has ``difficulty`` digits and so does
-    ``b`` (``ceil(difficulty / 2)`` digits for ``*``). Solutions work column by column."""
+    ``b`` (``ceil(difficulty / 2)`` digits for ``*``). Solutions work column by column.
+
+    ``slip_rate``: the worked solutions come from a fallible teacher that forgets each carry or
+    borrow of ``+`` and ``-`` with this probability and writes the wrong answer that follows
+    (``meta["slipped"]``). ``answer`` (what the checker and every reward use) stays the true
+    value, so imitating the solutions copies the slips and a verifiable reward can unlearn
+    them. The problems drawn do not depend on ``slip_rate`` (slips use their own RNG).
+    """
     _check_range("difficulty", difficulty, 1, 12)
     if not ops or set(ops) - set("+-*"):
         raise ValueError(f"ops={ops!r} must be a non-empty string of '+', '-', '*'")
+    if not 0.0 <= slip_rate <= 1.0:
+        raise ValueError(f"slip_rate={slip_rate!r} must be a probability in [0, 1]")
+    slips = random.Random(f"nanoseek/arithmetic-slips/{difficulty}/{seed}")
     return _generate("arithmetic", n, seed, split, difficulty,
-                     lambda rng: _make_arithmetic(rng, difficulty, ops))
+                     lambda rng: _make_arithmetic(rng, difficulty, ops,
+                                                  lambda: slips.random() < slip_rate))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -55,6 +55,7 @@ rollouts and batches in ``rollout.py``, the shared log-prob helper in ``logprobs
 from __future__ import annotations
 
 import copy
+import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -72,6 +73,8 @@ from nanoseek.train.loop import TrainState
 
 LOSS_TYPES = ("grpo", "dapo", "dr_grpo")
 SCALES = ("group", "batch", "none")
+
+log = logging.getLogger(__name__)
 
 
 # ==================================================================== config
@@ -303,6 +306,23 @@ def build_problems(d: DataSection, tasks: Sequence[str], split: str, num: int, s
     return [problems[i] for i in keep], [prompts[i] for i in keep], len(problems) - len(keep)
 
 
+def solutions_too_long(problems: Sequence[Any], tokenizer: Any, max_new_tokens: int,
+                       d: DataSection) -> tuple[int, int]:
+    """``(count, longest)``: how many reference solutions of ``problems`` (as completions,
+    plus the end-of-sequence token) need more than ``max_new_tokens`` tokens, and the longest
+    in tokens (0 when no problem has a solution). A rollout that long is cut off and scores 0,
+    so GRPO would teach the policy to avoid the very answers its data calls right."""
+    from nanoseek.data.tasks import solution_completion
+    from nanoseek.eval.run import resolve_think
+
+    think = resolve_think(d.template, d.think_prefilled)
+    texts = [solution_completion(p, think) for p in problems if p.solution is not None]
+    if not texts:
+        return 0, 0
+    lengths = [len(ids) + 1 for ids in tokenizer.encode_batch(texts)]
+    return sum(n > max_new_tokens for n in lengths), max(lengths)
+
+
 def make_rewards(cfg: GRPOConfig) -> Any:
     """The ``RewardSet`` of ``[reward]`` (``format`` told whether the prompt opened <think>)."""
     from nanoseek.eval.run import resolve_think
@@ -347,15 +367,24 @@ def build_trainer(cfg: GRPOConfig, info: DistInfo, resume: str | None = None,
     trainer = GRPOTrainer(policy, cfg, pool, rewards or make_rewards(cfg), tokenizer, info,
                           ref_model=ref, eval_problems=evals, resume_from=resume_from)
     trainer.skipped_too_long = skipped
+    trainer.solutions_too_long = solutions_too_long(problems, tokenizer, cfg.grpo.max_new_tokens,
+                                                    d)
     return trainer
 
 
 def run_grpo(cfg: GRPOConfig, info: DistInfo, resume: str | None = None) -> TrainState:
     """Build the trainer, log the prompt counts and the step-0 evaluation, and train."""
     trainer = build_trainer(cfg, info, resume)
+    too_long, longest = trainer.solutions_too_long
+    if too_long and trainer.info.is_main:
+        log.warning("grpo.max_new_tokens=%d is shorter than %d of the %d reference solutions "
+                    "(longest %d tokens): their rollouts are cut off and score 0, so GRPO learns "
+                    "to avoid them; raise it to at least %d", cfg.grpo.max_new_tokens, too_long,
+                    len(trainer.data.problems), longest, longest)
     if trainer.state.step == 0:
         trainer.logger.log({"step": 0, "train_prompts": len(trainer.data.problems),
                             "skipped_too_long": trainer.skipped_too_long,
+                            "solutions_too_long": too_long, "longest_solution": longest,
                             "eval_prompts": len(trainer.eval_problems)})
         if trainer.eval_fn is not None:
             trainer.evaluate()

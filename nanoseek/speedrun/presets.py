@@ -9,9 +9,10 @@ times were measured, and on what, or are estimates.
 * ``ci``: every stage in a couple of minutes, for the test suite; the models are too small to
   learn the task (the student then falls back to the SFT data, see ``stages.py``).
 * ``cpu`` (default): the whole story on a 2-core CPU in about 11 minutes (measured). The task
-  (2-digit addition and subtraction with worked column-by-column solutions) and the sizes were
-  chosen so that a tiny DeepSeek-V3 gets most, not all, held-out problems right after
-  pretraining and SFT (~80%); GRPO does not yet improve on that at this size (README).
+  is 2-digit addition and subtraction with worked column-by-column solutions written by a
+  fallible teacher (it forgets a carry or borrow 30% of the time, ``slip_rate``); the sizes
+  were chosen so that a tiny DeepSeek-V3 learns the procedure from them, slips included
+  (greedy ~95%, sampled pass@1 ~85%), and GRPO, rewarded by the checker, unlearns the slips.
 * ``gpu``: the same stages, larger (the ``small`` V3-shaped preset, ~105M total / ~24M active
   parameters, 3-digit arithmetic with ``*``), bf16 on one GPU. Estimated, not measured: about
   50 minutes on one H100-class GPU (pretraining ~15 min, GRPO ~15 min, the rest ~20 min). Under
@@ -100,8 +101,12 @@ _STUDENT = {  # a dense Qwen2 with fewer layers and no experts
     "hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 2,
     "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512,
 }
+_SLIP_RATE = 0.3  # the task's worked solutions come from a fallible teacher that forgets a
+# carry or borrow 30% of the time (~20% of solutions end wrong): imitation (pretraining, SFT)
+# copies the slips, GRPO's checker reward unlearns them. With exact solutions GRPO does not
+# beat SFT at this size (README, "GRPO and the fallible teacher")
 _CORPUS = (  # ~85% of the tokens are the task the chat models are trained and tested on
-    ("arithmetic", {"difficulty": 2, "ops": "+-"}, 24000),
+    ("arithmetic", {"difficulty": 2, "ops": "+-", "slip_rate": _SLIP_RATE}, 24000),
     ("arithmetic", {"difficulty": 1}, 2000),
     ("word_problems", {"difficulty": 1}, 1000),
 )
@@ -109,11 +114,12 @@ _CORPUS = (  # ~85% of the tokens are the task the chat models are trained and t
 CPU = Preset(
     name="cpu",
     description="the default: the whole story on a 2-core CPU in about 11 minutes",
-    task_args={"difficulty": 2, "ops": "+-"},
+    task_args={"difficulty": 2, "ops": "+-", "slip_rate": _SLIP_RATE},
     corpus=_CORPUS,
     sample_problems=4000,
     chat_fraction=0.5,
     eval_problems=200,
+    eval_max_tokens=128,
     vocab_size=384,  # small enough that BPE keeps most digits apart (copying them is easy)
     pretrain={  # 480 steps sat on the edge of learning the task: one corpus (the README is in
         # it, so every edit changes the run) gave a 76.5% base model, the next 12% (val loss
@@ -131,17 +137,17 @@ CPU = Preset(
         "train.save_every": 50, "train.log_every": 10, "optim.lr": 1e-3,
         "optim.warmup_steps": 10, "optim.schedule": "cosine",
     },
-    grpo={  # from a ~80-90% SFT model: lr 5e-5 moved held-out greedy accuracy -1 to -4
-        # points, 1e-5 0 to +2, 3e-5 with a KL anchor (beta 0.04) +4 in 150 steps; from ~40%
-        # (long traces, mostly wrong samples) 5e-5 and 2e-4 lowered it. A small, noisy effect
-        # at this size (see the README)
-        "grpo.group_size": 8, "grpo.prompts_per_step": 16, "grpo.max_new_tokens": 80,
+    grpo={  # max_new_tokens must fit the longest worked solution (~90 tokens: a<b with a
+        # borrow): at 80 those rollouts were cut off and scored 0, and GRPO learned to skip
+        # the a<b branch (greedy -3 points). With exact solutions GRPO still does not beat
+        # SFT here (greedy -2, pass@1 +1.5); with the fallible teacher it unlearns the slips
+        "grpo.group_size": 8, "grpo.prompts_per_step": 16, "grpo.max_new_tokens": 128,
         "grpo.beta": 0.04, "grpo.loss_type": "dapo", "optim.lr": 3e-5,
         "optim.warmup_steps": 10, "train.steps": 150, "train.micro_batch": 64,
         "train.eval_every": 25, "train.save_every": 25, "train.log_every": 5,
         "data.eval_problems": 100, "data.eval_temperature": 0.6,
     },
-    sample={"samples": 2, "max_tokens": 80, "temperature": 0.6, "keep": "all",
+    sample={"samples": 2, "max_tokens": 128, "temperature": 0.6, "keep": "all",
             "batch_size": 512},
     distill={
         "student.preset": "tiny-qwen2", "student.overrides": _STUDENT,
@@ -160,8 +166,10 @@ CPU = Preset(
 CI = replace(
     CPU, name="ci", description="a miniature run of every stage (minutes), for the test suite",
     threads=1,  # tiny matrices: one thread is as fast, and robust on a shared machine
-    corpus=(("arithmetic", {"difficulty": 1}, 1500), ("word_problems", {"difficulty": 1}, 200)),
-    task_args={"difficulty": 1}, text_sources=True, vocab_size=400, sft_problems=400,
+    corpus=(("arithmetic", {"difficulty": 1, "slip_rate": _SLIP_RATE}, 1500),
+            ("word_problems", {"difficulty": 1}, 200)),
+    task_args={"difficulty": 1, "slip_rate": _SLIP_RATE}, text_sources=True,
+    vocab_size=400, sft_problems=400,
     grpo_problems=400, sample_problems=24, eval_problems=16, eval_samples=2,
     eval_max_tokens=48,
     pretrain={**CPU.pretrain, "model.overrides": {**_TEACHER, "hidden_size": 48,
@@ -186,9 +194,9 @@ GPU = replace(
     CPU, name="gpu", description="the same stages, larger, on one GPU (bf16)", device="cuda",
     sft_problems=20000, grpo_problems=20000, sample_problems=4000, eval_problems=500,
     eval_samples=8, eval_max_tokens=256, reward_workers=4,
-    task_args={"difficulty": 3, "ops": "+-*"},
-    corpus=(("arithmetic", {"difficulty": 3}, 300000),
-            ("arithmetic", {"difficulty": 2}, 100000),
+    task_args={"difficulty": 3, "ops": "+-*", "slip_rate": _SLIP_RATE},
+    corpus=(("arithmetic", {"difficulty": 3, "slip_rate": _SLIP_RATE}, 300000),
+            ("arithmetic", {"difficulty": 2, "slip_rate": _SLIP_RATE}, 100000),
             ("arithmetic", {"difficulty": 1}, 20000),
             ("word_problems", {"difficulty": 2}, 50000),
             ("countdown", {"difficulty": 3}, 30000)),

@@ -221,10 +221,26 @@ def sec_eval(r: Report) -> str:
             f"T = 0.6, top-p 0.95 (R1's protocol) plus one greedy completion; at most "
             f"{p.eval_max_tokens} new tokens. `plain` = the prompt as pretraining text, "
             "`chat` = the R1 chat template with `<think>` prefilled.")
+    head += teacher_note(r)
     body = table(["model", "template", "greedy", "pass@1", f"pass@{p.eval_samples}",
                   f"maj@{p.eval_samples}", "format", "mean tokens"], rows)
     return "\n\n".join([head, body, verdict(evals), "![accuracy](accuracy.png)",
                         examples(evals)])
+
+
+def teacher_note(r: Report) -> str:
+    """A sentence on the fallible teacher, when the preset's worked solutions have slips."""
+    rate = r.preset.task_args.get("slip_rate")
+    if not rate:
+        return ""
+    c = r.markers.get("corpus", {}).get("summary", {})
+    counts = (f" ({c['task_documents_slipped']:,} of {c['task_documents']:,} pretraining task "
+              f"documents, {c['sft_chats_slipped']:,} of {c['sft_chats']:,} SFT chats)"
+              if "sft_chats_slipped" in c else "")
+    return (f" The worked solutions the models imitate come from a fallible teacher that forgets "
+            f"each carry or borrow with probability {rate} and writes the wrong answer that "
+            f"follows{counts}; the checker, GRPO's reward and this evaluation use the true "
+            "answers, so imitation copies the slips and RL can unlearn them.")
 
 
 def verdict(evals: dict[str, Any]) -> str:

@@ -143,9 +143,10 @@ def stage_corpus(ctx: Context) -> dict[str, Any]:
     from nanoseek.data.tasks import CHAT_INSTRUCTION, chat_messages, get_task
 
     p, out = ctx.preset, ctx.path("corpus")
-    docs, rng = [], random.Random(0)
+    docs, rng, slipped = [], random.Random(0), 0
     for i, (task, kwargs, n) in enumerate(p.corpus):
         for q in get_task(task)(n, seed=1000 + i, **kwargs):
+            slipped += bool(q.meta.get("slipped"))
             if rng.random() < p.chat_fraction:  # ends with EOS; the loader adds the BOS
                 docs.append(render_text(chat_messages(q, with_solution=True), bos_token=""))
             else:
@@ -167,6 +168,8 @@ def stage_corpus(ctx: Context) -> dict[str, Any]:
         write_jsonl(out / f"{name}.jsonl", [q.to_record() for q in problems])
     return {"task_documents": len(docs), "text_documents": len(text),
             "characters": sum(map(len, docs)) + sum(map(len, text)), "sft_chats": len(sft),
+            "task_documents_slipped": slipped,
+            "sft_chats_slipped": sum(bool(q.meta.get("slipped")) for q in sft),
             **{name: len(v) for name, v in files.items()}}
 
 
