@@ -157,7 +157,7 @@ CPU = Preset(
     },
     speed={"prompts": 8, "max_tokens": 64, "batch_prompts": 64},
     expected_s={"corpus": 1, "tokenizer": 1, "data": 2, "pretrain": 290, "sft": 16,
-                "grpo": 190, "sample": 46, "distill": 36, "eval": 24, "speed": 11,
+                "grpo": 205, "sample": 50, "distill": 43, "eval": 23, "speed": 11,
                 "report": 2},
     timing_note="measured on an idle 2-core x86 CPU (Intel Xeon, AVX-512, torch 2.13 CPU) "
                 "on 2026-11-30",
