@@ -34,6 +34,24 @@ def test_every_preset_builds_valid_stage_configs():
         assert preset.corpus and preset.eval_problems > 0
 
 
+@pytest.mark.parametrize("name", sorted(presets.PRESETS))
+def test_every_worked_solution_fits_the_generation_budgets(name, tmp_path):
+    """GRPO rollouts, rejection samples and eval answers cut off before the longest right
+    answer score 0 (GRPO then learns to avoid it). A tokenizer trained on the task alone
+    merges more than the speedrun's (whose corpus has prose too), hence the 25% margin."""
+    from nanoseek.data.tasks import get_task
+    from nanoseek.rl.grpo import DataSection, solutions_too_long
+    from nanoseek.tokenizer import train_tokenizer
+
+    p = get_preset(name)
+    problems = get_task(p.task)(1000, seed=5, **p.task_args)
+    (tmp_path / "c.txt").write_text("\n\n".join(q.text() for q in problems))
+    tok = train_tokenizer([tmp_path / "c.txt"], vocab_size=p.vocab_size)
+    longest = solutions_too_long(problems, tok, 10**6, DataSection(template="chat"))[1]
+    for budget in (p.grpo["grpo.max_new_tokens"], p.sample["max_tokens"], p.eval_max_tokens):
+        assert longest * 1.25 <= budget, (name, longest, budget)
+
+
 def test_unknown_preset_and_bad_override_name_the_fix():
     with pytest.raises(ValueError, match="choose one of"):
         get_preset("tpu")
