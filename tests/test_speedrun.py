@@ -52,6 +52,23 @@ def test_every_worked_solution_fits_the_generation_budgets(name, tmp_path):
         assert longest * 1.25 <= budget, (name, longest, budget)
 
 
+def test_report_warns_when_grpo_cut_off_reference_solutions(tmp_path):
+    from nanoseek.speedrun.report import Report, sec_grpo
+
+    (tmp_path / "grpo").mkdir()
+    records = [{"step": 0, "solutions_too_long": 3, "longest_solution": 90},
+               {"step": 1, "reward": 0.5, "length_mean": 60.0},
+               {"step": 1, "eval_greedy": 0.5, "eval_pass@1": 0.4, "eval_length": 60.0}]
+    path = tmp_path / "grpo" / "metrics.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    text = sec_grpo(Report(tmp_path, get_preset("cpu")))
+    assert "**Warning:** 3 reference solutions are longer than the 128-token rollouts" in text
+    path.write_text("".join(json.dumps({**r, "solutions_too_long": 0}) + "\n"
+                            for r in records[:1]) + "".join(json.dumps(r) + "\n"
+                                                          for r in records[1:]))
+    assert "Warning" not in sec_grpo(Report(tmp_path, get_preset("cpu")))
+
+
 def test_unknown_preset_and_bad_override_name_the_fix():
     with pytest.raises(ValueError, match="choose one of"):
         get_preset("tpu")

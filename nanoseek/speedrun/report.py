@@ -180,6 +180,11 @@ def sec_grpo(r: Report) -> str:
              f"{steps[-1].get('length_mean', math.nan):.1f} tokens.", "",
              "![GRPO](grpo.png)", "", "Held-out evaluation during training (T = "
              f"{r.preset.grpo.get('data.eval_temperature', 0.6)}):", "", ""]
+    start = next((m for m in metrics if "solutions_too_long" in m), {})
+    if start.get("solutions_too_long"):
+        lines[0] += (f" **Warning:** {start['solutions_too_long']} reference solutions are "
+                     f"longer than the {g.get('grpo.max_new_tokens')}-token rollouts (longest "
+                     f"{start['longest_solution']}); those rollouts were cut off and scored 0.")
     rows = [[e["step"], _pct(e["eval_greedy"]), _pct(e.get("eval_pass@1")),
              _num(e.get("eval_length"))] for e in evals]
     return "\n".join(lines) + table(["step", "greedy", "pass@1", "mean length"], rows)
