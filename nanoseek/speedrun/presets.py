@@ -104,7 +104,7 @@ _STUDENT = {  # a dense Qwen2 with fewer layers and no experts
 _SLIP_RATE = 0.3  # the task's worked solutions come from a fallible teacher that forgets a
 # carry or borrow 30% of the time (~20% of solutions end wrong): imitation (pretraining, SFT)
 # copies the slips, GRPO's checker reward unlearns them. With exact solutions GRPO does not
-# beat SFT at this size (README, "GRPO and the fallible teacher")
+# beat SFT at this size (README, "The task and its fallible teacher" and after)
 _CORPUS = (  # ~85% of the tokens are the task the chat models are trained and tested on
     ("arithmetic", {"difficulty": 2, "ops": "+-", "slip_rate": _SLIP_RATE}, 24000),
     ("arithmetic", {"difficulty": 1}, 2000),
@@ -139,8 +139,9 @@ CPU = Preset(
     },
     grpo={  # max_new_tokens must fit the longest worked solution (~90 tokens: a<b with a
         # borrow): at 80 those rollouts were cut off and scored 0, and GRPO learned to skip
-        # the a<b branch (greedy -3 points). With exact solutions GRPO still does not beat
-        # SFT here (greedy -2, pass@1 +1.5); with the fallible teacher it unlearns the slips
+        # the a<b branch (much of earlier runs' greedy -3). With exact solutions GRPO still
+        # does not beat SFT here (greedy -2, pass@1 +1.5); with the fallible teacher it
+        # unlearns the slips
         "grpo.group_size": 8, "grpo.prompts_per_step": 16, "grpo.max_new_tokens": 128,
         "grpo.beta": 0.04, "grpo.loss_type": "dapo", "optim.lr": 3e-5,
         "optim.warmup_steps": 10, "train.steps": 150, "train.micro_batch": 64,
