@@ -129,8 +129,9 @@ def report(config: ModelConfig, source: str, seq_len: int = 4096,
 
 
 # -------------------------------------------------------------------- human output
-def _si(n: float) -> str:
-    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+def _si(n: float, billion: str = "B") -> str:
+    """``1.23B`` parameters; ``billion="G"`` for bytes (``1.23G`` + ``B``)."""
+    for unit, scale in (("T", 1e12), (billion, 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(n) >= scale:
             return f"{n / scale:.2f}{unit}"
     return f"{n:g}"
@@ -176,7 +177,7 @@ def _print_tables(info: dict[str, Any]) -> None:
     mem = Table("weights", *_MEMORY_DTYPES,
                 title="weights (all in dtype; SI units)")
     for label, key in (("no MTP", "weight_bytes"), ("with MTP", "weight_bytes_with_mtp")):
-        mem.add_row(label, *(f"{_si(info[key][d])}B" for d in _MEMORY_DTYPES))
+        mem.add_row(label, *(f"{_si(info[key][d], 'G')}B" for d in _MEMORY_DTYPES))
     console.print(mem)
 
     kv = dict(info["kv_cache_bytes_per_token"])

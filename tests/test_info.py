@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -158,6 +160,21 @@ def test_main_tables_plain_when_not_a_tty(capsys: pytest.CaptureFixture[str]) ->
     assert "\x1b[" not in out  # no colour codes into a pipe
     assert f"{cost.closed_form_params(get_preset('tiny')).total:,}" in out
     assert "matches the module tree" in out and "mla_latent" in out
+
+
+def test_python_dash_m_nanoseek_runs_the_cli() -> None:
+    out = subprocess.run([sys.executable, "-m", "nanoseek", "info", "--preset", "tiny",
+                          "--json"], capture_output=True, text=True, timeout=120, check=True)
+    assert json.loads(out.stdout)["params_total"] == cost.closed_form_params(
+        get_preset("tiny")).total
+
+
+def test_main_weight_table_units(capsys: pytest.CaptureFixture[str]) -> None:
+    """Parameters read ``15.71B``, bytes ``31.41GB`` (not ``31.41BB``)."""
+    assert info.main(["--preset", "deepseek-v2-lite"]) == 0
+    out = capsys.readouterr().out
+    assert "31.41GB" in out and "62.83GB" in out and "BB" not in out
+    assert "15.71B " in out  # the parameter count keeps B for billion
 
 
 @pytest.mark.parametrize("argv, message", [
