@@ -15,6 +15,7 @@ from nanoseek.data.tasks import (
     arithmetic,
     chat_messages,
     countdown,
+    distinct_problems,
     get_task,
     load_task_file,
     r1_zero_prompt,
@@ -153,6 +154,28 @@ def test_small_problem_spaces_repeat_and_empty_splits_raise(monkeypatch):
     monkeypatch.setattr(tasks, "TEST_PERCENT", 0)
     with pytest.raises(ValueError, match="difficulty"):
         arithmetic(1, difficulty=1, split="test")
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_distinct_problems_are_the_first_distinct_of_the_draw(name):
+    drawn = get_task(name)(400, seed=3, split="test")
+    seen, firsts = set(), []
+    for p in drawn:
+        if p.meta["key"] not in seen:
+            seen.add(p.meta["key"])
+            firsts.append(p)
+    firsts = firsts[:60]
+    picked = distinct_problems(name, 60, seed=3)
+    assert len({p.meta["key"] for p in picked}) == 60
+    assert [_as_tuple(p) for p in picked] == [_as_tuple(p) for p in firsts]
+
+
+def test_distinct_problems_stop_at_the_size_of_the_split(caplog):
+    keys = {p.meta["key"] for p in arithmetic(3000, difficulty=1, ops="+", split="test")}
+    with caplog.at_level("WARNING"):
+        picked = distinct_problems("arithmetic", 50, difficulty=1, ops="+")
+    assert {p.meta["key"] for p in picked} == keys and len(picked) == len(keys) < 50
+    assert "only" in caplog.text and "distinct test problems" in caplog.text
 
 
 def test_prompt_templates():

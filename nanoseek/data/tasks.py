@@ -18,13 +18,15 @@ accept ``<answer>...</answer>``. Generators (``TASKS``) are deterministic in ``s
 ``train`` and ``test`` disjoint whatever the seed: a problem belongs to the test split when the hash
 of its canonical key (``meta["key"]``: the operands, numbers and target, never the names or the
 wording) falls in the first ``TEST_PERCENT`` of 100 buckets. Problems are drawn with replacement,
-so a small problem space (1-digit arithmetic) repeats items.
+so a small problem space (1-digit arithmetic) repeats items; ``distinct_problems`` draws an
+evaluation set without repeats.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 import re
 from collections.abc import Callable
@@ -32,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger(__name__)
 SPLITS = ("train", "test")
 TEST_PERCENT = 10
 R1_ZERO_TEMPLATE = (
@@ -445,6 +448,33 @@ def get_task(name: str) -> Callable[..., list[Problem]]:
         raise ValueError(f"task={name!r} is unknown; choose one of {sorted(TASKS)} "
                          "or load a JSONL file with load_task_file")
     return TASKS[name]
+
+
+def distinct_problems(task: str, n: int, seed: int = 0, split: str = "test",
+                      **kwargs: Any) -> list[Problem]:
+    """The first ``n`` problems of ``task`` whose keys differ: an evaluation set counts each
+    problem once (the generators draw with replacement). Draws of ``n``, ``2n``, ... up to
+    ``16n`` problems (the first ``m`` of a larger draw are the draw of ``m``, so the set is
+    deterministic); fewer than ``n`` when the split holds fewer at these settings, with a
+    warning."""
+    make, out = get_task(task), []
+    for draw in (n * 2**k for k in range(5)):
+        out = _first_distinct(make(draw, seed=seed, split=split, **kwargs), n)
+        if len(out) == n:
+            return out
+    log.warning("%s: only %d distinct %s problems in %d draws at %s; using those", task,
+                len(out), split, 16 * n, kwargs or "the defaults")
+    return out
+
+
+def _first_distinct(problems: list[Problem], n: int) -> list[Problem]:
+    seen: set[str] = set()
+    out = []
+    for problem in problems:
+        if problem.meta["key"] not in seen and len(out) < n:
+            seen.add(problem.meta["key"])
+            out.append(problem)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from nanoseek.data.tasks import (
     TASKS,
     Problem,
     chat_messages,
+    distinct_problems,
     get_task,
     load_task_file,
     render_prompt,
@@ -173,11 +174,16 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
 def load_problems(task: str, num_problems: int | None = None, seed: int = 0,
                   split: str = "test", difficulty: int | None = None) -> list[Problem]:
     """``num_problems`` problems of a built-in task (default DEFAULT_NUM_PROBLEMS), or the
-    first ``num_problems`` (default all) of a JSONL task file (``split`` does not apply)."""
+    first ``num_problems`` (default all) of a JSONL task file (``split`` does not apply).
+    A built-in task's ``test`` split is an evaluation set: each problem appears once
+    (``distinct_problems``); ``train`` draws with replacement, as training data does."""
     if num_problems is not None and num_problems < 1:
         raise ValueError(f"num_problems={num_problems} must be >= 1")
     if task in TASKS:
         kwargs = {} if difficulty is None else {"difficulty": difficulty}
+        if split == "test":
+            return distinct_problems(task, num_problems or DEFAULT_NUM_PROBLEMS, seed=seed,
+                                     **kwargs)
         return get_task(task)(num_problems or DEFAULT_NUM_PROBLEMS, seed=seed, split=split,
                               **kwargs)
     path = Path(task)

@@ -140,7 +140,7 @@ def stage_corpus(ctx: Context) -> dict[str, Any]:
     """Task documents with worked ``<think>`` solutions (train split), repository text, the
     cold-start SFT chats and the task files of the later stages (held-out test split)."""
     from nanoseek.chat_template import EOS_TOKEN, render_text
-    from nanoseek.data.tasks import CHAT_INSTRUCTION, chat_messages, get_task
+    from nanoseek.data.tasks import CHAT_INSTRUCTION, chat_messages, distinct_problems, get_task
 
     p, out = ctx.preset, ctx.path("corpus")
     docs, rng, slipped = [], random.Random(0), 0
@@ -157,7 +157,8 @@ def stage_corpus(ctx: Context) -> dict[str, Any]:
     sft = make(p.sft_problems, seed=1, **p.task_args)
     files = {"grpo_tasks": make(p.grpo_problems, seed=2, **p.task_args),
              "sample_tasks": make(p.sample_problems, seed=3, **p.task_args),
-             "test_tasks": make(p.eval_problems, seed=0, split="test", **p.task_args)}
+             "test_tasks": distinct_problems(p.task, p.eval_problems, seed=0, split="test",
+                                             **p.task_args)}
     write_jsonl(out / "tasks.jsonl", [{"text": d} for d in docs])
     write_jsonl(out / "text.jsonl", [{"text": t} for t in text])
     write_jsonl(out / "sft.jsonl", [{"messages": chat_messages(q, with_solution=True)}
