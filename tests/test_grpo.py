@@ -59,6 +59,19 @@ def test_group_advantages_match_hand_computation(scale: str) -> None:
                                (REWARDS[0] - 0.5) / 2.0)
 
 
+@pytest.mark.parametrize("scale", ["group", "batch", "none"])
+@pytest.mark.parametrize("group_size", [1, 3, 6, 7, 12])
+def test_tied_groups_get_exactly_zero_even_without_eps(scale: str, group_size: int) -> None:
+    """0.1 × G has a mean that rounds: unguarded, (r - mean) / std was ±0.8 to ±0.96 for every
+    sample of the group (or 0/0 = NaN when the mean came out exact)."""
+    rewards = torch.tensor([[0.1] * group_size, [1.1] * group_size], dtype=D)
+    if group_size > 1:  # and one untied group, so the batch std is not 0
+        rewards = torch.cat([rewards, torch.arange(group_size, dtype=D)[None]])
+    got = group_advantages(rewards, scale, eps=0.0)
+    assert torch.equal(got[:2], torch.zeros(2, group_size, dtype=D))
+    assert torch.isfinite(got).all()
+
+
 def test_advantages_reject_unknown_scale() -> None:
     with pytest.raises(ValueError, match="scale"):
         group_advantages(REWARDS, "per-token")

@@ -192,16 +192,19 @@ def group_advantages(rewards_PG: torch.Tensor, scale: str = "group", eps: float 
     std of the whole batch (``batch_std`` if given, e.g. over all ranks) for ``batch``; not
     divided for ``none`` (Dr. GRPO). A group whose rewards are all equal gets exactly 0.
     """
+    # tied groups are set to 0 explicitly: the mean's rounding would leave ±1e-17 there,
+    # which std + eps (eps = 0 allowed) could blow up to ±1 or 0/0
+    tied_P1 = rewards_PG.amax(dim=1, keepdim=True) == rewards_PG.amin(dim=1, keepdim=True)
     centered = rewards_PG - rewards_PG.mean(dim=1, keepdim=True)
     if scale == "none":
-        return centered
+        return centered.masked_fill(tied_P1, 0.0)
     if scale == "group":
         std = rewards_PG.std(dim=1, keepdim=True) if rewards_PG.shape[1] > 1 else 0.0
     elif scale == "batch":
         std = rewards_PG.flatten().std() if batch_std is None else batch_std
     else:
         raise ValueError(f"scale={scale!r}: use one of {', '.join(SCALES)}")
-    return centered / (std + eps)
+    return (centered / (std + eps)).masked_fill(tied_P1, 0.0)
 
 
 def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
