@@ -176,6 +176,24 @@ def test_aliases_and_thinking_switch(live: tuple) -> None:
     assert "reasoning_content" not in off.choices[0].message.model_extra
 
 
+def test_reasoner_alias_behaves_as_deepseeks_reasoner(live: tuple) -> None:
+    """``deepseek-reasoner`` ignores temperature, top_p and the penalties, refuses logprobs
+    and /completions; the served name keeps every knob."""
+    c = client(live[0])
+    texts = {chat(c, model="deepseek-reasoner", seed=5, max_tokens=12, temperature=t, top_p=p,
+                  presence_penalty=pp).choices[0].message.model_extra["reasoning_content"]
+             for t, p, pp in ((0.0, 1.0, 0.0), (2.0, 0.1, 1.5))}
+    assert len(texts) == 1
+    named = {chat(c, seed=5, max_tokens=12, temperature=t).choices[0].message.model_extra[
+        "reasoning_content"] for t in (0.0, 2.0)}
+    assert len(named) == 2  # greedy vs T = 2 on a random model
+    for kw in ({"logprobs": True}, {"logprobs": True, "top_logprobs": 2}):
+        with pytest.raises(openai.BadRequestError, match="logprobs"):
+            chat(c, model="deepseek-reasoner", **kw)
+    with pytest.raises(openai.BadRequestError, match="completions"):
+        c.completions.create(model="deepseek-reasoner", prompt="x", max_tokens=2)
+
+
 def test_multi_turn_content_parts_and_path_prefixes(live: tuple) -> None:
     messages = [{"role": "system", "content": "Be brief."},
                 {"role": "user", "content": [{"type": "text", "text": "Hello"}]},

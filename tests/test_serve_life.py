@@ -120,9 +120,12 @@ def test_keepalive_then_disconnect_aborts_and_frees_blocks(model_dir: Path) -> N
         assert engine.blocks.num_free_blocks == free_before
 
 
-def test_non_stream_disconnect_aborts(model_dir: Path) -> None:
+@pytest.mark.parametrize("poll_s", [0.02, 0.3])  # slower and faster than a 0.05 s step
+def test_non_stream_disconnect_aborts(model_dir: Path, poll_s: float) -> None:
+    """Also when the engine answers faster than the poll: the check must not wait for a
+    silent spell (it once did, and a fast request ran to the end for nobody)."""
     engine, tokenizer = make_engine(model_dir)
-    with serving(_SlowEngine(engine), tokenizer, disconnect_poll_s=0.02) as (base, server):
+    with serving(_SlowEngine(engine), tokenizer, disconnect_poll_s=poll_s) as (base, server):
         host, port = base.removeprefix("http://").split(":")
         sock = socket.create_connection((host, int(port)))
         body = json.dumps({"model": NAME, "max_tokens": 150, "messages": MESSAGES}).encode()
@@ -130,13 +133,16 @@ def test_non_stream_disconnect_aborts(model_dir: Path) -> None:
                      b"application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
         worker = server.config.app.state.server.worker
         deadline = time.monotonic() + 10
-        while not worker.num_inflight:
+        while worker.steps < 5:  # decoding: outputs come every 0.05 s from now on
             assert time.monotonic() < deadline
             time.sleep(0.01)
         sock.close()
+        steps_at_close = worker.steps
         while worker.num_inflight or engine.has_unfinished():
             assert time.monotonic() < deadline, "the request was not aborted"
             time.sleep(0.02)
+        # a check every poll_s stops it within ~poll_s / 0.05 steps (150 tokens: 145 more)
+        assert worker.steps - steps_at_close <= poll_s / 0.05 + 4
 
 
 def test_graceful_shutdown_finishes_inflight(model_dir: Path) -> None:
@@ -164,3 +170,40 @@ def test_serve_command_rejects_a_bad_model_dir(tmp_path: Path) -> None:
     from nanoseek.serve.main import main
 
     assert main(["--model", str(tmp_path / "missing"), "--no-ledger"]) == 2
+
+
+def test_client_gone_during_the_ledger_write_is_billed_once(model_dir: Path,
+                                                             tmp_path: Path) -> None:
+    """The stream's ledger write (an fsynced insert in a thread) is cancelled with the client,
+    but its thread still commits: the request must not be billed again for the abort."""
+    from nanoseek.serve.ledger import Ledger
+
+    engine, tokenizer = make_engine(model_dir)
+    with serving(engine, tokenizer, ledger_path=tmp_path / "l.sqlite") as (base, server):
+        ledger = server.config.app.state.server.ledger
+        write = ledger.record
+
+        def slow_record(rec: Any) -> None:
+            time.sleep(0.3)  # the client leaves meanwhile
+            write(rec)
+        ledger.record = slow_record
+        host, port = base.removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        conn.request("POST", "/chat/completions", body=json.dumps(
+            {"model": NAME, "stream": True, "max_tokens": 3, "messages": MESSAGES,
+             "stream_options": {"include_usage": True}}),
+            headers={"content-type": "application/json"})
+        response = conn.getresponse()
+        chunk: dict[str, Any] = {}
+        while chunk.get("usage") is None:  # up to the usage chunk, the last before [DONE]
+            line = response.readline()
+            if line.startswith(b"data: {"):
+                chunk = json.loads(line[6:])
+        response.close()
+        conn.close()
+        time.sleep(1.0)  # the first write and any second one have finished
+    ledger = Ledger(tmp_path / "l.sqlite")
+    try:
+        assert [r["request_id"] for r in ledger.records()].count(chunk["id"]) == 1
+    finally:
+        ledger.close()

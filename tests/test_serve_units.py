@@ -12,6 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nanoseek.infer.engine import CompletionOutput, RequestOutput
+from nanoseek.infer.sampling import SamplingParams
 from nanoseek.serve.errors import APIError
 from nanoseek.serve.ledger import (
     ANONYMOUS,
@@ -23,8 +25,10 @@ from nanoseek.serve.ledger import (
     parse_price,
 )
 from nanoseek.serve.limits import Budget, KeyChecker, RateLimiter
+from nanoseek.serve.prompts import Job, Plan
 from nanoseek.serve.reasoning import ReasoningParser, count_reasoning_tokens
-from nanoseek.serve.schemas import ChatCompletionRequest, CompletionRequest, parse_body
+from nanoseek.serve.responses import Collector, token_text
+from nanoseek.serve.schemas import ChatCompletionRequest, CompletionRequest, Head, parse_body
 from nanoseek.serve.usage import main as usage_main
 from nanoseek.serve.usage import parse_since
 
@@ -249,3 +253,52 @@ def test_token_bytes_of_byte_level_pieces() -> None:
     assert token_bytes(vocab, 1) == "é".encode()  # type: ignore[arg-type]
     assert token_bytes(vocab, 2) == "<｜User｜>".encode()  # type: ignore[arg-type]
     assert token_text(vocab, 3) == "bytes:\\xc3"  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------ collector
+def _completion_plan(n: int, logprobs: int | None = None) -> Plan:
+    params = SamplingParams(n=n, max_tokens=8, logprobs=logprobs)
+    return Plan("completion", Head("cmpl-1", "text_completion", 0, "m", "fp"),
+                [Job("r0", [1, 2], params)], stream=True, logprobs=logprobs)
+
+
+def _step(outputs: list[CompletionOutput], done: bool = False) -> RequestOutput:
+    return RequestOutput("r0", None, [1, 2], outputs, done)
+
+
+def test_streamed_choice_finishes_once_though_the_engine_repeats_it(arithmetic_tokenizer):
+    """With n > 1 the engine reports a finished sample again on every later step."""
+    collector = Collector(_completion_plan(2), arithmetic_tokenizer)
+    ids = arithmetic_tokenizer.encode("12+34")
+    done = CompletionOutput(0, "1", ids[:1], "stop", delta_text="1", delta_token_ids=ids[:1])
+    steps = [
+        [done, CompletionOutput(1, "1", ids[:1], delta_text="1", delta_token_ids=ids[:1])],
+        [CompletionOutput(0, "1", ids[:1], "stop"),  # again, nothing new
+         CompletionOutput(1, "12", ids[:2], delta_text="2", delta_token_ids=ids[1:2])],
+        [CompletionOutput(0, "1", ids[:1], "stop"),
+         CompletionOutput(1, "12", ids[:2], "length")],
+    ]
+    finishes = []
+    for i, outputs in enumerate(steps):
+        for delta in collector.add(_step(outputs, i == len(steps) - 1)):
+            finishes += [(c["choices"][0]["index"], c["choices"][0]["finish_reason"])
+                         for c in collector.chunks(delta) if c["choices"][0]["finish_reason"]]
+    assert finishes == [(0, "stop"), (1, "length")]
+
+
+def test_streamed_text_offsets_count_from_the_choices_first_token(arithmetic_tokenizer):
+    tok = arithmetic_tokenizer
+    ids = tok.encode("12+34=46")
+    collector = Collector(_completion_plan(1, logprobs=0), tok)
+    offsets, seen = [], 0
+    for k in range(1, len(ids) + 1):
+        lp = [{t: -0.5} for t in ids[:k]]
+        out = CompletionOutput(0, tok.decode(ids[:k]), ids[:k], logprobs=lp,
+                               delta_text=tok.decode(ids[:k])[seen:], delta_token_ids=ids[k - 1:k])
+        seen = len(out.text)
+        for delta in collector.add(_step([out])):
+            offsets += [o for c in collector.chunks(delta)
+                        for o in c["choices"][0]["logprobs"]["text_offset"]]
+    texts = [token_text(tok, t) for t in ids]
+    assert offsets == [sum(len(t) for t in texts[:i]) for i in range(len(ids))]
+    assert collector.response()["choices"][0]["logprobs"]["text_offset"] == offsets

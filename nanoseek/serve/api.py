@@ -174,13 +174,16 @@ class Server:
 
     async def _complete(self, plan: Plan, collector: Collector, queue: asyncio.Queue,
                         pending: set[str], key: str, request: Request) -> Response:
-        finished = False
+        finished, poll = False, self.config.disconnect_poll_s
+        last_check = time.monotonic()
         try:
-            async for output in self._outputs(queue, pending, self.config.disconnect_poll_s):
+            async for output in self._outputs(queue, pending, poll):
                 if output is not None:
                     collector.add(output)
-                elif await request.is_disconnected():
-                    break  # nobody is there to read the answer
+                if output is None or time.monotonic() - last_check >= poll:
+                    last_check = time.monotonic()  # every poll_s, however fast the steps
+                    if await request.is_disconnected():
+                        break  # nobody is there to read the answer
             finished = not pending
         except EngineError as error:
             raise APIError(503, f"the request could not finish: {error}",
@@ -208,8 +211,8 @@ class Server:
             if plan.include_usage:
                 yield sse(collector.usage_chunk())
             record = self._abort_and_bill(plan, collector, pending, key)
-            await self._write(record)
-            written = True
+            written = True  # before the await: a cancelled write still runs to the end in
+            await self._write(record)  # its thread, and billing it again would double it
             yield DONE
         except EngineError as error:
             yield sse(error_body(f"the request could not finish: {error}", "server_error",

@@ -11,6 +11,11 @@ generation prompt ending in ``<think>\\n``, so the answer is parsed starting in 
 state. Prefix completion (last message ``{"role": "assistant", "prefix": true}``) continues the
 given text without an end-of-turn token; in thinking mode the thought is closed first (with the
 message's ``reasoning_content``, possibly empty) and the continuation is answer text.
+
+``deepseek-reasoner`` also behaves as DeepSeek's reasoner does: ``temperature``, ``top_p`` and
+the two penalties are ignored (the defaults apply), ``logprobs`` / ``top_logprobs`` are a 400,
+and ``/completions`` (FIM) is ``deepseek-chat`` only. The served name keeps every knob, as a
+local server's users expect.
 """
 
 from __future__ import annotations
@@ -102,11 +107,15 @@ def resolve_thinking(request: ChatCompletionRequest, info: ModelInfo) -> bool:
 def chat_plan(request: ChatCompletionRequest, info: ModelInfo, head: Head) -> Plan:
     """The ``Plan`` of a chat completion request (APIError for what cannot be served)."""
     thinking = resolve_thinking(request, info)
+    reasoner = request.model == REASONER
+    if reasoner and (request.logprobs or request.top_logprobs is not None):
+        raise APIError(400, f"{REASONER} does not support logprobs or top_logprobs; use "
+                       f"{info.served_name!r} for them", param="logprobs")
     ids, starts_in_reasoning = chat_prompt(request, info.tokenizer, thinking)
     check_length(len(ids), info, "messages")
     logprobs = (request.top_logprobs or 0) if request.logprobs else None
     max_tokens = request.max_completion_tokens or request.max_tokens or DEFAULT_CHAT_MAX_TOKENS
-    params = sampling_params(request, max_tokens, logprobs)
+    params = sampling_params(request, max_tokens, logprobs, ignore_knobs=reasoner)
     return Plan("chat", head, [Job(f"{head.id}-0", ids, params)], stream=bool(request.stream),
                 include_usage=request.include_usage, thinking=thinking,
                 starts_in_reasoning=starts_in_reasoning, logprobs=logprobs)
@@ -138,6 +147,9 @@ def chat_prompt(request: ChatCompletionRequest, tokenizer: Tokenizer,
 def completion_plan(request: CompletionRequest, info: ModelInfo, head: Head) -> Plan:
     """The ``Plan`` of a legacy completion request: one job per prompt."""
     check_model(request.model, info)
+    if request.model == REASONER:
+        raise APIError(400, f"{REASONER} does not serve /completions (FIM); use {CHAT!r} or "
+                       f"{info.served_name!r}", param="model")
     if request.suffix is not None and not info.has_fim:
         raise APIError(400, "suffix: fill-in-the-middle needs the tokenizer's FIM tokens "
                        f"({FIM_BEGIN}, {FIM_HOLE}, {FIM_END}), which this model does not have",
@@ -185,18 +197,22 @@ def check_length(num_tokens: int, info: ModelInfo, param: str) -> None:
                        code="context_length_exceeded")
 
 
-def sampling_params(request: _Sampling, max_tokens: int, logprobs: int | None) -> SamplingParams:
+def sampling_params(request: _Sampling, max_tokens: int, logprobs: int | None,
+                    ignore_knobs: bool = False) -> SamplingParams:
     """``SamplingParams`` from the request's fields (OpenAI defaults); 422 if the engine's
-    sampler refuses a value. ``top_p = 0`` means greedy."""
-    temperature = 1.0 if request.temperature is None else request.temperature
-    top_p = 1.0 if request.top_p is None else request.top_p
+    sampler refuses a value. ``top_p = 0`` means greedy. ``ignore_knobs``: temperature, top_p
+    and the penalties keep their defaults whatever was sent (DeepSeek's reasoner)."""
+    knobs = (None, None, None, None) if ignore_knobs else (
+        request.temperature, request.top_p, request.presence_penalty, request.frequency_penalty)
+    temperature = 1.0 if knobs[0] is None else knobs[0]
+    top_p = 1.0 if knobs[1] is None else knobs[1]
     if top_p == 0:
         temperature, top_p = 0.0, 1.0
     try:
         return SamplingParams(
             n=request.n or 1, temperature=temperature, top_p=top_p,
-            presence_penalty=request.presence_penalty or 0.0,
-            frequency_penalty=request.frequency_penalty or 0.0, max_tokens=max_tokens,
+            presence_penalty=knobs[2] or 0.0,
+            frequency_penalty=knobs[3] or 0.0, max_tokens=max_tokens,
             stop=request.stop_list(), seed=request.seed, logprobs=logprobs)
     except ValueError as error:
         raise APIError(422, str(error)) from None

@@ -52,6 +52,7 @@ class Delta:
     logprobs: list[tuple[int, dict[int, float]]] = field(default_factory=list)
     finish_reason: str | None = None
     first: bool = False  # the choice's first delta (send the role chunk before it)
+    text_offset: int = 0  # characters of the choice's log-prob tokens before this delta
 
 
 @dataclass
@@ -64,6 +65,7 @@ class Choice:
     logprobs: list[tuple[int, dict[int, float]]] = field(default_factory=list)
     finish_reason: str | None = None
     started: bool = False
+    logprob_chars: int = 0  # characters of the tokens in ``logprobs``
 
 
 class Collector:
@@ -83,8 +85,11 @@ class Collector:
         self._seen.add(output.request_id)
         self._prompt[output.request_id] = (output.prompt_tokens, output.num_cached_tokens)
         base = self._first_choice[output.request_id]
+        # the engine reports a finished completion again on every later step of its request
+        # (n > 1): a choice that already has its finish reason gets no more deltas
         return [self._add_completion(self.choices[base + c.index], c) for c in output.outputs
-                if c.delta_text or c.delta_token_ids or c.finished]
+                if (c.delta_text or c.delta_token_ids or c.finished)
+                and self.choices[base + c.index].finish_reason is None]
 
     def _add_completion(self, choice: Choice, c: Any) -> Delta:
         delta = Delta(choice.index, first=not choice.started)
@@ -94,6 +99,8 @@ class Collector:
             ids = c.token_ids[len(choice.logprobs):len(choice.logprobs) + len(new)]
             delta.logprobs = list(zip(ids, new, strict=True))
             choice.logprobs += delta.logprobs
+            delta.text_offset = choice.logprob_chars
+            choice.logprob_chars += sum(len(token_text(self.tokenizer, t)) for t in ids)
         choice.token_ids = c.token_ids  # a fresh list per output
         text = c.delta_text
         if choice.parser is None:
@@ -131,7 +138,8 @@ class Collector:
         """The stream chunks (dicts) for one delta."""
         head, plan = self.plan.head, self.plan
         i, out = delta.index, []
-        logprobs = self._logprobs(delta.logprobs) if plan.logprobs is not None else None
+        logprobs = (self._logprobs(delta.logprobs, delta.text_offset)
+                    if plan.logprobs is not None else None)
         if plan.kind == "completion":
             text = delta.content
             if delta.first and plan.echo:
@@ -177,12 +185,14 @@ class Collector:
         n = self.plan.jobs[0].params.n
         return choice_index // n
 
-    def _logprobs(self, entries: list[tuple[int, dict[int, float]]]) -> Any:
+    def _logprobs(self, entries: list[tuple[int, dict[int, float]]], start: int = 0) -> Any:
+        """Chat ``logprobs.content`` or a completion's ``logprobs`` object, whose
+        ``text_offset`` counts from the choice's first token (``start`` of them before)."""
         k = self.plan.logprobs or 0
         if self.plan.kind == "chat":
             return [self._chat_logprob(t, e, k) for t, e in entries]
         tokens = [token_text(self.tokenizer, t) for t, _ in entries]
-        offsets, pos = [], 0
+        offsets, pos = [], start
         for text in tokens:
             offsets.append(pos)
             pos += len(text)
