@@ -441,3 +441,27 @@ def test_block_manager_refcounts_and_lru_eviction():
     assert tail in d.block_table and head not in d.block_table  # tail blocks go first
     probe = Sequence(5, "5", 0, [1, 2, 3, 4, 0], 5, 8)
     assert bm.match_prefix(probe) == 2 and probe.block_table == [head]
+
+
+def test_cache_hits_are_counted_at_the_admission_that_holds():
+    """A first try that matched a cached prefix but found no free blocks must not fix the
+    request's cache hits: by the time it gets in, that prefix may have been evicted."""
+    from nanoseek.infer.scheduler import Scheduler
+
+    class Blocks:  # the prefix is cached at the first try, evicted by the second
+        def __init__(self) -> None:
+            self.matches, self.fits = [8, 0], [False, True]
+
+        def match_prefix(self, seq: Sequence) -> int:
+            return self.matches.pop(0)
+
+        def allocate(self, seq: Sequence, num_tokens: int) -> bool:
+            return self.fits.pop(0)
+
+        def free_seq(self, seq: Sequence) -> None:
+            pass
+
+    scheduler = Scheduler(Blocks(), max_num_seqs=4, max_num_batched_tokens=64)
+    seq = Sequence(0, "r", 0, list(range(12)), 12, 4)
+    assert not scheduler._admit(seq, 64) and seq.num_cached_tokens is None
+    assert scheduler._admit(seq, 64) and seq.num_cached_tokens == 0

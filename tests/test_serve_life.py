@@ -207,3 +207,40 @@ def test_client_gone_during_the_ledger_write_is_billed_once(model_dir: Path,
         assert [r["request_id"] for r in ledger.records()].count(chunk["id"]) == 1
     finally:
         ledger.close()
+
+
+def test_chunked_body_over_the_limit_is_refused(model_dir: Path, monkeypatch) -> None:
+    """A chunked body has no content-length to check up front: the reader counts it."""
+    from nanoseek.serve import api
+
+    monkeypatch.setattr(api, "MAX_BODY_BYTES", 2**12)
+    engine, tokenizer = make_engine(model_dir)
+    with serving(engine, tokenizer) as (base, _):
+        host, port = base.removeprefix("http://").split(":")
+        for size, status in ((2**11, 200), (2**14, 413)):
+            conn = http.client.HTTPConnection(host, int(port), timeout=30)
+            pieces = [json.dumps({"model": NAME, "max_tokens": 1, "messages": [
+                {"role": "user", "content": "hi"}]}).encode(), b" " * size]  # JSON spaces
+            conn.request("POST", "/chat/completions", body=iter(pieces), encode_chunked=True,
+                         headers={"content-type": "application/json"})
+            response = conn.getresponse()
+            assert response.status == status, response.read()
+            conn.close()
+
+
+def test_request_counts_stop_growing_at_random_paths() -> None:
+    import asyncio
+    from collections import Counter
+
+    from nanoseek.serve.api import MAX_COUNTED_PATHS, _CountRequests
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        return None
+
+    counts: Counter[str] = Counter()
+    middleware = _CountRequests(app, counts)
+    for i in range(MAX_COUNTED_PATHS + 50):
+        asyncio.run(middleware({"type": "http", "path": f"/x{i}"}, None, None))
+    asyncio.run(middleware({"type": "http", "path": "/x0"}, None, None))
+    assert len(counts) == MAX_COUNTED_PATHS + 1 and counts["(other)"] == 50
+    assert counts["/x0"] == 2 and sum(counts.values()) == MAX_COUNTED_PATHS + 51

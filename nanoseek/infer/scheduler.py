@@ -149,13 +149,13 @@ class Scheduler:
         the blocks are not there."""
         cached = self.blocks.match_prefix(seq)
         seq.num_computed_tokens = cached
-        if seq.num_cached_tokens is None:
-            seq.num_cached_tokens = cached
         n = min(seq.num_uncomputed, budget)
         if not self.blocks.allocate(seq, cached + n):
             self.blocks.free_seq(seq)
             seq.num_computed_tokens = 0
             return False
+        if seq.num_cached_tokens is None:  # the first admission that holds: what is billed
+            seq.num_cached_tokens = cached
         seq.status = Status.RUNNING
         return True
 

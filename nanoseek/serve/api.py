@@ -63,6 +63,7 @@ log = logging.getLogger("nanoseek.serve")
 STATIC_DIR = Path(__file__).parent / "static"
 PREFIXES = ("", "/v1", "/beta")
 MAX_BODY_BYTES = 16 * 2**20
+MAX_COUNTED_PATHS = 64
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
@@ -284,14 +285,18 @@ class Server:
 
 
 class _CountRequests:
-    """Pure-ASGI middleware counting requests per path (``Server.request_counts``)."""
+    """Pure-ASGI middleware counting requests per path (``Server.request_counts``); past
+    ``MAX_COUNTED_PATHS`` distinct paths, new ones count as ``(other)`` (random URLs must not
+    grow the server's memory)."""
 
     def __init__(self, app: Any, counts: Counter[str]) -> None:
         self.app, self.counts = app, counts
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
-            self.counts[scope["path"]] += 1
+            path = scope["path"]
+            known = path in self.counts or len(self.counts) < MAX_COUNTED_PATHS
+            self.counts[path if known else "(other)"] += 1
         await self.app(scope, receive, send)
 
 
@@ -318,17 +323,29 @@ def create_app(engine: Any, tokenizer: Any, config: ServeConfig | None = None) -
     return app
 
 
+async def read_body(request: Request) -> bytes:
+    """The request body, refused (413) once it passes ``MAX_BODY_BYTES`` — also a chunked
+    body, which has no ``content-length`` for ``Server.admit`` to check."""
+    parts, size = [], 0
+    async for part in request.stream():
+        size += len(part)
+        if size > MAX_BODY_BYTES:
+            raise APIError(413, f"request body over {MAX_BODY_BYTES // 2**20} MiB")
+        parts.append(part)
+    return b"".join(parts)
+
+
 def _add_routes(app: FastAPI, server: Server) -> None:
     async def chat(request: Request) -> Response:
         key = server.admit(request)
-        body = parse_body(ChatCompletionRequest, await request.body())
+        body = parse_body(ChatCompletionRequest, await read_body(request))
         head = server.head("chat.completion.chunk" if body.stream else "chat.completion",
                            body.model, "")
         return await server.serve(chat_plan(body, server.info, head), request, key)
 
     async def completions(request: Request) -> Response:
         key = server.admit(request)
-        body = parse_body(CompletionRequest, await request.body())
+        body = parse_body(CompletionRequest, await read_body(request))
         head = server.head("text_completion", body.model, "cmpl-")
         return await server.serve(completion_plan(body, server.info, head), request, key)
 
