@@ -20,6 +20,7 @@ from nanoseek.config import get_preset
 from nanoseek.model import build_model
 from nanoseek.train.config import OptimConfig, RunConfig
 from nanoseek.train.loop import NonFiniteLossError, Trainer
+from nanoseek.train.losses import IGNORE_INDEX
 from nanoseek.train.optim import lr_at
 from nanoseek.train.pretrain import main
 from nanoseek.train.state import FAULT_ENV, list_checkpoints
@@ -202,6 +203,51 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path: Path) -> None:
         assert torch.equal(value, before[name]), name  # weights untouched by the bad step
     assert [s for s, _ in list_checkpoints(tmp_path / "out" / "checkpoints")] == [1, 2]
     assert load_pretrained(tmp_path / "out" / "checkpoints" / "step_00000002" / "model")
+
+
+class _Masked(_Tokens):
+    """SFT-like dict batches whose micro-batches hold 7 and 1 target tokens in turn."""
+
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        tokens = torch.randint(0, 512, (1, 9), generator=self.gen)
+        targets = tokens[:, 1:].clone()
+        targets[:, (1 if self.count % 2 else 7):] = IGNORE_INDEX
+        self.count += 1
+        return {"input_ids": tokens[:, :-1], "targets": targets}
+
+
+def test_micro_batches_weigh_by_their_target_tokens(tmp_path: Path) -> None:
+    """The step's gradient is that of the mean over all its target tokens (7 + 1 here), not
+    the mean of the two micro-batches' means."""
+    import copy
+
+    from nanoseek.train.loop import micro_batch_weights
+    from nanoseek.train.losses import cross_entropy
+
+    def loss_fn(model, batch, progress):
+        return cross_entropy(model(batch["input_ids"]).logits, batch["targets"]), {}
+
+    torch.manual_seed(0)
+    model = build_model(get_preset("tiny"))
+    reference = copy.deepcopy(model)
+    run = RunConfig(out_dir=str(tmp_path / "out"), seq_len=8, micro_batch=1, batch_tokens=16,
+                    steps=1, precision="fp32", progress=False)
+    trainer = Trainer(model, OptimConfig(lr=1e-3, grad_clip=0.0), run, loss_fn, _Masked())
+    grads: dict[str, torch.Tensor] = {}
+    trainer.optimizer.step = lambda *a, **k: grads.update(
+        {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    record = trainer.train_step()
+    source = _Masked()  # the trainer's two micro-batches, again
+    both = [source.next_batch(), source.next_batch()]
+    joined = {k: torch.cat([b[k] for b in both]) for k in both[0]}
+    loss = loss_fn(reference, joined, 0.0)[0]
+    loss.backward()
+    assert record["loss"] == pytest.approx(loss.item(), rel=1e-5)
+    for name, p in reference.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(grads[name], p.grad, rtol=1e-4, atol=1e-6)
+    assert micro_batch_weights(both, world_size=1) == [7 / 8, 1 / 8]
+    assert micro_batch_weights([torch.zeros(2, 3)] * 4, world_size=2) == [0.25] * 4
 
 
 # -------------------------------------------------------------------- bad input

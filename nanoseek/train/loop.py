@@ -9,16 +9,17 @@ the rest::
 
 One optimizer step (``train_step``): for each of the step's micro-batches (gradient
 accumulation, gradients synchronised only on the last), forward under bf16 autocast when
-enabled, ``(loss / accum).backward()``; then the loss is averaged over ranks and checked
+enabled, ``(loss * weight).backward()``; then the loss is averaged over ranks and checked
 (NaN/Inf stops the run before the weights change, so the last checkpoint stays good), the
 gradient norm is clipped, AdamW steps at ``lr_at(step)``, and the MoE balance biases move by
 ``γ·sign`` of the step's expert load summed over micro-batches and ranks. Logging, evaluation
 and atomic checkpoints (``state.py``) happen at their intervals; ``--resume`` reproduces an
 uninterrupted run step for step.
 
-Reuse notes. ``loss_fn`` returns the *mean* loss of its micro-batch and the step averages
-micro-batches and ranks with equal weights (exact for packed pretraining; a stage whose
-micro-batches hold different numbers of target tokens weights them inside its ``loss_fn``).
+Reuse notes. ``loss_fn`` returns the *mean* loss of its micro-batch; the step weights the
+micro-batches (``micro_batch_weights``): equally for packed pretraining, by their target
+tokens (over all ranks) when batches carry ``targets``, so SFT minimises the mean over the
+step's target tokens.
 ``progress`` (0..1) lets the loss follow schedules (MTP λ). Metrics values may be tensors;
 they are averaged like the loss and logged. A stage with its own outer loop (GRPO: rollouts,
 then updates) calls ``train_step()``, ``evaluate()``, ``save()`` and ``finish()`` itself.
@@ -42,6 +43,7 @@ from nanoseek.cpu_memory import keep_freed_memory
 from nanoseek.distributed import (
     DistInfo,
     all_reduce_mean_,
+    all_reduce_sum_,
     clip_grad_norm,
     decoder_layers,
     grad_sync,
@@ -50,6 +52,7 @@ from nanoseek.distributed import (
 )
 from nanoseek.train import state as ckpt
 from nanoseek.train.config import OptimConfig, RunConfig, to_dict
+from nanoseek.train.losses import IGNORE_INDEX
 from nanoseek.train.metrics import (
     RunLogger,
     load_stats,
@@ -137,6 +140,26 @@ def to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, list | tuple):
         return type(batch)(to_device(v, device) for v in batch)
     return batch
+
+
+def micro_batch_weights(batches: list[Any], world_size: int) -> list[float]:
+    """Each micro-batch's weight in the step's gradient (``loss_fn`` returns its mean).
+
+    Batches that carry ``targets`` (SFT, distillation) weigh by their target tokens over the
+    step's total on every rank, times ``world_size`` (DDP and FSDP average the ranks'
+    gradients): the step then minimises the mean over all its target tokens, not the mean of
+    per-micro-batch means, which overweights micro-batches with few targets (HF Trainer's
+    ``num_items_in_batch`` fix). Others (packed pretraining rows, all targets) weigh
+    ``1 / accum`` each. The total is all-reduced: every rank calls this once per step.
+    """
+    accum = len(batches)
+    if not all(isinstance(b, dict) and "targets" in b for b in batches):
+        return [1.0 / accum] * accum
+    counts = torch.stack([(b["targets"] != IGNORE_INDEX).sum() for b in batches]).double()
+    total = all_reduce_sum_(counts.sum().clone())
+    if total.item() == 0:
+        return [1.0 / accum] * accum
+    return (counts * world_size / total).tolist()
 
 
 def check_out_dir(out_dir: Path, resuming: bool, rank: int = 0) -> None:
@@ -237,13 +260,16 @@ class Trainer:
         lr = lr_at(self.state.step, self.total_steps, self.optim_cfg)
         set_lr(self.optimizer, lr)
         sums: dict[str, torch.Tensor] = {}
-        for i in range(accum):
-            batch = to_device(self.data.next_batch(), self.info.device)
+        batches = [to_device(self.data.next_batch(), self.info.device) for _ in range(accum)]
+        weights = micro_batch_weights(batches, self.info.world_size)
+        for i, batch in enumerate(batches):
             with grad_sync(self.model, enabled=i == accum - 1):
                 with self.balancer.recording(), self.autocast():
                     loss, metrics = self.loss_fn(self.model, batch, self.progress)
-                (loss / accum).backward()
-            for key, value in {"loss": loss.detach(), **metrics}.items():
+                (loss * weights[i]).backward()
+            # the logged loss is the objective: accum * weight turns the plain average of
+            # ``_reduce`` into the weighted one
+            for key, value in {"loss": loss.detach() * weights[i] * accum, **metrics}.items():
                 value = torch.as_tensor(value, dtype=torch.float32, device=self.info.device)
                 sums[key] = sums.get(key, 0) + value.detach().float()
         rec = self._reduce(sums, accum)
