@@ -11,7 +11,13 @@ import torch
 
 from nanoseek.config import get_preset
 from nanoseek.model import build_model
-from nanoseek.rl.grpo import aggregation_weights, clipped_surrogate, group_advantages, k3_kl
+from nanoseek.rl.grpo import (
+    aggregation_weights,
+    clipped_surrogate,
+    group_advantages,
+    k3_kl,
+    truncated_is_weight,
+)
 from nanoseek.rl.grpo_trainer import GRPOLoss, micro_batches
 from nanoseek.rl.logprobs import sequence_logprobs, token_logprobs
 from nanoseek.rl.rollout import Rollout, collate, completion_length
@@ -225,6 +231,35 @@ def test_first_pass_has_ratio_one_and_gradient_minus_advantage_times_score() -> 
     # with ρ ≡ 1 the loss value is -Σ Â·w
     want = -(micro["adv"][:, None] * micro["weight"]).sum()
     assert loss.item() == pytest.approx(want.item(), rel=1e-9)
+
+
+def test_truncated_importance_weight_by_hand() -> None:
+    old = torch.tensor([-1.0, -2.0, -0.1], dtype=D, requires_grad=True)
+    sampler = torch.tensor([-1.5, -0.5, -3.0], dtype=D)
+    w = truncated_is_weight(old, sampler, cap=2.0)
+    torch.testing.assert_close(w, torch.tensor([math.exp(0.5), math.exp(-1.5), 2.0], dtype=D))
+    assert not w.requires_grad
+
+
+def test_importance_weights_scale_each_tokens_policy_gradient() -> None:
+    """With TIS on, the first pass's loss is -Σ Â·w·min(π_old/π_sampler, C) (ρ ≡ 1) and the
+    statistics count the weights; a sampler that agrees with the trainer changes nothing."""
+    model = tiny_model().double()
+    tensors, lens = _batch(model, "dapo", seed=1)
+    plain = GRPOLoss()(model, micro_batches(tensors, lens, 6, 1, PAD)[0])[0]
+    micro = micro_batches(tensors, lens, 6, 1, PAD)[0]
+    agree = {**micro, "rollout_logp": sequence_logprobs(model, micro["input_ids"])[0].detach()}
+    same, _ = GRPOLoss(rollout_is_cap=2.0)(model, agree)
+    assert same.item() == pytest.approx(plain.item(), rel=1e-9)
+    shifted = {**micro, "rollout_logp": agree["rollout_logp"] - 0.3}  # the sampler was surer
+    shifted["rollout_logp"][0, :2] -= 5.0  # two tokens far off: truncated at C
+    loss, sums = GRPOLoss(rollout_is_cap=2.0)(model, shifted)
+    w = torch.exp(agree["rollout_logp"] - shifted["rollout_logp"]).clamp(max=2.0)
+    want = -(micro["adv"][:, None] * micro["weight"] * w).sum()
+    assert loss.item() == pytest.approx(want.item(), rel=1e-9)
+    mask = micro["mask"]
+    assert sums["is_weight"].item() == pytest.approx((w * mask).sum().item())
+    assert sums["is_truncated"].item() == (mask[0, :2]).sum().item()
 
 
 # -------------------------------------------------------------------- log-prob helper

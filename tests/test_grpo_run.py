@@ -237,6 +237,7 @@ def test_reference_with_another_tokenizer_is_refused(model_dir: Path, tmp_path: 
     ("grpo.loss_type", "ppo", "grpo.loss_type"), ("grpo.group_size", 1, "grpo.group_size"),
     ("grpo.scale_rewards", "max", "grpo.scale_rewards"), ("reward.names", ["nope"], "nope"),
     ("train.batch_tokens", 128, "train.batch_tokens"), ("model.path", "/nonexistent", "model.path"),
+    ("grpo.rollout_is_cap", 0.5, "grpo.rollout_is_cap"),
 ])
 def test_bad_config_values_fail_with_the_field_name(model_dir: Path, tmp_path: Path, key: str,
                                                     value: object, message: str,

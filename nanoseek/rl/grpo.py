@@ -14,7 +14,11 @@ over all tokens) or ``dr_grpo`` (sum over tokens / (sequences · max_new_tokens)
 normalizer counts the *global* batch, so splitting it into micro-batches or over data-parallel
 ranks leaves the gradient unchanged. π_old is the policy's own log-prob at the first pass (so
 ρ ≡ 1 there and only its gradient matters), the engine's log-probs are kept to log how far they
-are from the trainer's (``logp_mismatch``). ``dynamic_sampling`` drops groups whose rewards are
+are from the trainer's (``logp_mismatch``) and, with ``rollout_is_cap`` C > 0, to correct
+for it: the clipped term of each token is multiplied by the truncated importance weight
+``min(π_old / π_sampler, C)`` (TIS; TRL's ``vllm_importance_sampling_correction``), which
+matters where the sampler's distribution is not the trainer's (``top_p < 1``, a bf16 or
+remote engine). ``dynamic_sampling`` drops groups whose rewards are
 all equal (their advantage is 0; DAPO). A config::
 
     [model]
@@ -123,6 +127,8 @@ class GRPOSection:
     adv_eps: float = 1e-4
     dynamic_sampling: bool = False
     mask_truncated: bool = False
+    rollout_is_cap: float = 0.0
+    """C of the truncated importance weight min(π_old / π_sampler, C); 0 turns it off."""
     max_model_len: int = 0
     """Engine context (prompt + completion); 0: the model's max_position_embeddings."""
     kv_cache_memory: int = 0
@@ -173,6 +179,9 @@ def validate(cfg: GRPOConfig) -> None:
                          f"{', '.join(SCALES)}")
     if g.beta < 0 or g.epsilon_low < 0 or g.epsilon_high < 0 or g.adv_eps < 0:
         raise ValueError("grpo.beta / epsilon_low / epsilon_high / adv_eps: must be >= 0")
+    if g.rollout_is_cap and g.rollout_is_cap < 1:
+        raise ValueError(f"grpo.rollout_is_cap: {g.rollout_is_cap}; use 0 (off) or a cap >= 1 "
+                         "(TRL uses 2-3)")
     if run.steps < 1 or run.tokens:
         raise ValueError("train.steps: set the number of GRPO steps (train.tokens is not used)")
     if run.batch_tokens:
@@ -205,6 +214,13 @@ def group_advantages(rewards_PG: torch.Tensor, scale: str = "group", eps: float 
     else:
         raise ValueError(f"scale={scale!r}: use one of {', '.join(SCALES)}")
     return (centered / (std + eps)).masked_fill(tied_P1, 0.0)
+
+
+def truncated_is_weight(old_logp: torch.Tensor, sampler_logp: torch.Tensor, cap: float
+                        ) -> torch.Tensor:
+    """Per-token ``min(exp(old_logp - sampler_logp), cap)`` (no gradient): how much more
+    likely the trainer's π_old makes each sampled token than the sampler did, truncated."""
+    return torch.exp(old_logp.detach() - sampler_logp).clamp(max=cap)
 
 
 def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:

@@ -33,6 +33,7 @@ from nanoseek.rl.grpo import (
     clipped_surrogate,
     group_advantages,
     k3_kl,
+    truncated_is_weight,
 )
 from nanoseek.rl.logprobs import sequence_logprobs
 from nanoseek.rl.rollout import (
@@ -64,6 +65,7 @@ class GRPOLoss:
     eps_high: float = 0.28
     beta: float = 0.0
     world_size: int = 1
+    rollout_is_cap: float = 0.0  # > 0: truncated importance weights (``truncated_is_weight``)
 
     def __call__(self, model: nn.Module, micro: dict[str, Any], progress: float = 0.0
                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -77,6 +79,13 @@ class GRPOLoss:
                                                  self.eps_low, self.eps_high)
         sums = {"tokens": mask.sum(), "clip_low": (low * mask).sum(),
                 "clip_high": (high * mask).sum()}
+        if self.rollout_is_cap > 0:  # on the policy term only, as TRL
+            is_weight = truncated_is_weight(micro["old_logp"], micro["rollout_logp"],
+                                            self.rollout_is_cap)
+            per_token = per_token * is_weight
+            if first:
+                sums["is_weight"] = (is_weight * mask).sum()
+                sums["is_truncated"] = ((is_weight >= self.rollout_is_cap) * mask).sum()
         if self.beta > 0:
             kl = k3_kl(logp, micro["ref_logp"])
             per_token = per_token + self.beta * kl
@@ -132,7 +141,8 @@ class GRPOTrainer(Trainer):
                  engine_factory: Callable[[nn.Module, Any], RolloutEngine] | None = None
                  ) -> None:
         g = cfg.grpo
-        loss = GRPOLoss(g.temperature, g.epsilon_low, g.epsilon_high, g.beta, info.world_size)
+        loss = GRPOLoss(g.temperature, g.epsilon_low, g.epsilon_high, g.beta, info.world_size,
+                        g.rollout_is_cap)
         super().__init__(model, cfg.optim, cfg.train, loss, pool, tokenizer=tokenizer,
                          info=info, resume_from=resume_from, stage="grpo", run_meta=to_dict(cfg))
         self.cfg, self.rewards, self.eval_problems = cfg, rewards, list(eval_problems)
@@ -294,6 +304,9 @@ class GRPOTrainer(Trainer):
                "entropy": totals["entropy"] / first, "logp_mismatch": totals["mismatch"] / first}
         if "kl" in totals:
             rec["kl"] = totals["kl"] / first
+        if "is_weight" in totals:
+            rec["is_weight"] = totals["is_weight"] / first
+            rec["is_truncated"] = totals["is_truncated"] / first
         if getattr(self, "_loads", None) is not None:
             rec.update(load_stats(self._loads, self.balancer.layer_ids))
         return rec
