@@ -1,6 +1,6 @@
 """``nanoseek speedrun``: the whole DeepSeek story at toy scale, one resumable command.
 
-    nanoseek speedrun                      # the cpu preset → runs/speedrun/ (~11 min, 2 cores)
+    nanoseek speedrun                      # the cpu preset → runs/speedrun/ (~12 min, 2 cores)
     nanoseek speedrun --preset ci --out /tmp/mini
     nanoseek speedrun --from grpo          # redo GRPO and every later stage
     torchrun --nproc_per_node 8 -m nanoseek.speedrun.run --preset gpu
@@ -332,7 +332,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nanoseek speedrun", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="cpu", choices=sorted(PRESETS),
-                   help="stage sizes: cpu (default, ~11 min on 2 cores), ci (minutes), gpu")
+                   help="stage sizes: cpu (default, ~12 min on 2 cores), ci (minutes), gpu")
     p.add_argument("--out", default=None,
                    help=f"run folder (default {DEFAULT_OUT} for cpu, {DEFAULT_OUT}-PRESET)")
     p.add_argument("--force", action="store_true", help="redo every stage from scratch")
