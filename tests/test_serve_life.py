@@ -71,6 +71,35 @@ class _FailingEngine(_Wrapped):
         return self.inner.step()
 
 
+class _RefusesSecond(_Wrapped):
+    """``add_request`` fails on every second call (a fault while a request's jobs go in);
+    steps take 0.05 s, so 100 tokens would take 5 s."""
+
+    calls = 0
+
+    def add_request(self, *args: Any) -> None:
+        self.calls += 1
+        if self.calls % 2 == 0:
+            raise RuntimeError("simulated fault at submit")
+        self.inner.add_request(*args)
+
+    def step(self) -> list:
+        time.sleep(0.05)
+        return self.inner.step()
+
+
+def test_a_fault_between_a_requests_jobs_aborts_those_already_in(model_dir: Path) -> None:
+    engine, tokenizer = make_engine(model_dir)
+    with serving(_RefusesSecond(engine), tokenizer) as (base, server):
+        with pytest.raises(openai.InternalServerError) as e:
+            client(base).completions.create(model=NAME, prompt=["a", "b"], max_tokens=100)
+        assert e.value.status_code == 503 and "simulated fault" in str(e.value)
+        worker, deadline = server.config.app.state.server.worker, time.monotonic() + 2
+        while worker.num_inflight or engine.has_unfinished():  # the first job was aborted
+            assert time.monotonic() < deadline, "the job already submitted kept running"
+            time.sleep(0.02)
+
+
 def test_engine_failure_is_reported_not_fatal(model_dir: Path) -> None:
     engine, tokenizer = make_engine(model_dir)
     with serving(_FailingEngine(engine), tokenizer) as (base, _):

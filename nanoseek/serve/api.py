@@ -147,10 +147,15 @@ class Server:
         for job in plan.jobs:
             try:
                 self.worker.submit(job.request_id, job.prompt_ids, job.params, queue)
-            except ValueError as error:
+            except BaseException as error:  # the jobs already in would run for nobody
                 for request_id in pending:
                     self.worker.abort(request_id)
-                raise APIError(400, f"the engine refused the prompt: {error}") from None
+                if isinstance(error, ValueError):
+                    raise APIError(400, f"the engine refused the prompt: {error}") from None
+                if isinstance(error, Exception):  # stopping, or an engine fault
+                    raise APIError(503, f"the engine could not take the request: {error}",
+                                   headers={"x-should-retry": "true"}) from None
+                raise
             pending.add(job.request_id)
         collector = Collector(plan, self.tokenizer)
         if plan.stream:
