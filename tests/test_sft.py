@@ -25,6 +25,7 @@ from nanoseek.train.sft_data import (
     PackedSFTLoader,
     Sample,
     encode_records,
+    iter_eval_batches,
     make_batch,
     pack_rows,
     packed_attention_mask,
@@ -146,9 +147,26 @@ def test_loader_epochs_data_parallel_and_resume():
     fresh = PackedSFTLoader(samples, 24, 4, pad_id=2, seed=5)
     fresh.load_state_dict(json.loads(json.dumps(state)))
     assert all(torch.equal(fresh.next_batch()["targets"], e) for e in expected)
-    other = PackedSFTLoader(samples[1:], 24, 4, pad_id=2, seed=5)
-    with pytest.raises(ValueError, match="differ from the checkpoint"):
-        other.load_state_dict(state)
+    same_lengths = random_samples([len(x) for x in samples], seed=9)  # other tokens
+    for other in (PackedSFTLoader(samples[1:], 24, 4, pad_id=2, seed=5),
+                  PackedSFTLoader(same_lengths, 24, 4, pad_id=2, seed=5),
+                  PackedSFTLoader(samples, 32, 4, pad_id=2, seed=5),
+                  PackedSFTLoader(samples, 24, 4, pad_id=2, seed=6),
+                  PackedSFTLoader(samples, 24, 4, pad_id=2, seed=5, window=1)):
+        with pytest.raises(ValueError, match="differ from the checkpoint"):
+            other.load_state_dict(state)
+
+
+def test_eval_batches_are_as_many_on_every_rank():
+    """FSDP runs a collective per forward: a rank with one batch more would wait forever."""
+    samples = random_samples([7] * 9)  # 3 per 24-token row: 3 rows, batches of 1
+    per_rank = [list(iter_eval_batches(samples, 23, 1, pad_id=2, rank=r, world_size=2))
+                for r in range(2)]
+    assert [len(b) for b in per_rank] == [2, 2]
+    real = [b for batches in per_rank for b in batches if (b["targets"] != IGNORE_INDEX).any()]
+    alone = list(iter_eval_batches(samples, 23, 1, pad_id=2))
+    assert len(real) == len(alone) == 3
+    assert sum(int((b["targets"] != IGNORE_INDEX).sum()) for b in real) == 9 * 6
 
 
 # ---------------------------------------------------------------------------------- end to end

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -249,7 +250,17 @@ class PackedSFTLoader:
         self.lengths = np.array([len(s) for s in samples])
         self.epoch, self.row = 0, 0
         self._rows: list[list[int]] | None = None
-        self.digest = hashlib.sha256(self.lengths.tobytes()).hexdigest()[:16]
+        self.digest = self._identity()
+
+    def _identity(self) -> str:
+        """What a resumed loader must share with the saved one: every sample's tokens and
+        mask, and the packing settings (another seq_len, seed or window packs other rows)."""
+        h = hashlib.sha256(json.dumps([self.seq_len, self.seed, self.shuffle, self.window,
+                                       len(self.samples)]).encode())
+        for sample in self.samples:
+            h.update(np.asarray(sample.ids, np.int64).tobytes())
+            h.update(np.asarray(sample.mask, bool).tobytes())
+        return h.hexdigest()[:16]
 
     def rows_of_epoch(self, epoch: int) -> list[list[int]]:
         """The packed rows (sample indices) of ``epoch``."""
@@ -281,16 +292,27 @@ class PackedSFTLoader:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("digest") != self.digest:
             raise ValueError("--resume: the SFT data differ from the checkpoint's (other "
-                             "files, tokenizer or seq_len); resume with the same data")
+                             "files or tokenizer, or another seq_len, seed, shuffle or "
+                             "window); resume with the same data and settings")
         self.epoch, self.row, self._rows = int(state["epoch"]), int(state["row"]), None
 
 
 def iter_eval_batches(samples: Sequence[Sample], seq_len: int, batch_size: int, pad_id: int,
                       rank: int = 0, world_size: int = 1, window: int = 64
                       ) -> Iterator[dict[str, torch.Tensor]]:
-    """Every sample once (packed in file order), rank ``r`` taking every ``W``-th batch."""
+    """Every sample once (packed in file order), rank ``r`` taking every ``W``-th batch.
+    Every rank yields the same number of batches (under FSDP each forward is a collective,
+    and a rank with one forward more waits forever): short ranks end with a padding batch
+    whose targets are all ``IGNORE_INDEX``, which adds nothing to the sums."""
     lengths = [len(s) for s in samples]
     rows = pack_rows(lengths, seq_len + 1, range(len(samples)), window)
-    for i, start in enumerate(range(0, len(rows), batch_size)):
-        if i % world_size == rank:
-            yield make_batch(samples, rows[start:start + batch_size], seq_len, pad_id)
+    batches = [rows[start:start + batch_size] for start in range(0, len(rows), batch_size)]
+    for i in range(math.ceil(len(batches) / world_size)):
+        if i * world_size + rank < len(batches):
+            yield make_batch(samples, batches[i * world_size + rank], seq_len, pad_id)
+            continue
+        padding = make_batch(samples, batches[0][:1], seq_len, pad_id)
+        padding["targets"].fill_(IGNORE_INDEX)
+        if "kd_mask" in padding:
+            padding["kd_mask"].zero_()
+        yield padding
