@@ -205,6 +205,33 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path: Path) -> None:
     assert load_pretrained(tmp_path / "out" / "checkpoints" / "step_00000002" / "model")
 
 
+def test_resuming_from_an_earlier_checkpoint_sets_the_later_ones_aside(tmp_path: Path) -> None:
+    """Back to step 1 (say, before a loss spike): the old run's step 3 must neither be
+    ``--resume latest`` nor push the new run's checkpoints out of keep-last-N."""
+    from nanoseek.train.losses import LMLoss
+    from nanoseek.train.state import latest_checkpoint
+
+    run = RunConfig(out_dir=str(tmp_path / "out"), seq_len=16, micro_batch=2, steps=4,
+                    keep_last=2, precision="fp32", progress=False)
+    root = tmp_path / "out" / "checkpoints"
+    torch.manual_seed(0)
+    first = Trainer(build_model(get_preset("tiny")), OptimConfig(lr=1e-3), run, LMLoss(),
+                    _Tokens())
+    for step in (1, 2, 3):
+        first.train_step()
+        if step != 2:
+            first.save()
+    assert [s for s, _ in list_checkpoints(root)] == [1, 3]
+    again = Trainer(build_model(get_preset("tiny")), OptimConfig(lr=1e-3), run, LMLoss(),
+                    _Tokens(), resume_from=root / "step_00000001")
+    assert [s for s, _ in list_checkpoints(root)] == [1, 3]  # nothing moves before a save
+    again.train_step()
+    again.save()  # step 2 of the new run
+    assert [s for s, _ in list_checkpoints(root)] == [1, 2]  # keep-last-2 kept the new one
+    assert latest_checkpoint(root) == root / "step_00000002"
+    assert (root / "abandoned" / "step_00000003" / "trainer" / "meta.json").is_file()
+
+
 class _Masked(_Tokens):
     """SFT-like dict batches whose micro-batches hold 7 and 1 target tokens in turn."""
 

@@ -19,6 +19,7 @@ requires the same world size.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
@@ -38,6 +39,7 @@ FORMAT = "nanoseek-trainer"
 VERSION = 1
 FAULT_ENV = "NANOSEEK_FAULT"
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
+log = logging.getLogger(__name__)
 
 
 # -------------------------------------------------------------------- fault injection
@@ -185,10 +187,29 @@ def save_checkpoint(root: Path, step: int, *, model: nn.Module,
                   "world_size": info.world_size, **(meta or {})}
         (tmp / "trainer" / "meta.json").write_text(json.dumps(record, indent=2) + "\n")
         _replace_dir(tmp, final)
+        set_aside_later_steps(root, step)
         for _, old in list_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     barrier()
     return final
+
+
+def set_aside_later_steps(root: Path, step: int) -> list[Path]:
+    """Move checkpoints of steps after ``step`` to ``root/abandoned/``: a run resumed from an
+    earlier checkpoint (say, before a loss spike) has left them behind, and kept among the
+    others they would be ``--resume latest`` and push the new ones out of keep-last-N.
+    Returns their new paths."""
+    moved = []
+    for later_step, path in list_checkpoints(root):
+        if later_step > step:
+            dest = root / "abandoned" / path.name
+            dest.parent.mkdir(exist_ok=True)
+            shutil.rmtree(dest, ignore_errors=True)
+            os.replace(path, dest)
+            log.warning("checkpoint %s is from a run this one resumed before; moved to %s",
+                        path.name, dest)
+            moved.append(dest)
+    return moved
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
