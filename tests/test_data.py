@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +53,8 @@ def write_arrow_dataset(directory: Path, texts: list[str], files: int = 2) -> Pa
             for batch in table.to_batches(max_chunksize=4):
                 writer.write_batch(batch)
     (directory / "dataset_info.json").write_text(json.dumps({"features": {}}))
-    (directory / "state.json").write_text(json.dumps({"_data_files": [], "_split": "train"}))
+    names = [{"filename": f"data-{k:05d}-of-{files:05d}.arrow"} for k in range(files)]
+    (directory / "state.json").write_text(json.dumps({"_data_files": names, "_split": "train"}))
     return directory
 
 
@@ -160,6 +162,19 @@ def test_manifest_and_shards(data: Path, corpus: Path, tok: Tokenizer) -> None:
         assert len(offsets) == shard.documents + 1
         assert shard.tokens <= manifest.shard_tokens or shard.documents == 1
     assert not [p for p in data.parent.iterdir() if p.name.startswith(".")]  # no temp left
+
+
+def test_saved_dataset_folders_read_only_their_listed_files(tmp_path: Path) -> None:
+    """``map``/``shuffle`` after ``load_from_disk`` write ``cache-*.arrow`` beside the data
+    files: the same rows again, which must not become a second copy of every document."""
+    from nanoseek.data.sources import collect_sources
+
+    folder = write_arrow_dataset(tmp_path / "hf", [f"doc {i}" for i in range(8)])
+    shutil.copy(folder / "data-00000-of-00002.arrow", folder / "cache-2d0a802b78a30b76.arrow")
+    names = [s.path.name for s in collect_sources([tmp_path])]
+    assert names == ["data-00000-of-00002.arrow", "data-00001-of-00002.arrow"]
+    (folder / "state.json").unlink()  # not a save_to_disk folder: every Arrow file is read
+    assert len(collect_sources([tmp_path])) == 3
 
 
 def test_token_dtype_by_vocab_size() -> None:

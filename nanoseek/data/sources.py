@@ -9,6 +9,7 @@ File formats: see ``nanoseek.data.prepare``.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
@@ -52,8 +53,10 @@ def collect_sources(inputs: Sequence[str | os.PathLike[str]]) -> list[Source]:
     sources: list[Source] = []
     for item in map(Path, inputs):
         if item.is_dir():
+            listed = _saved_dataset_files(item)
             found = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix in KINDS
-                           and not any(part.startswith(".") for part in p.relative_to(item).parts))
+                           and not any(part.startswith(".") for part in p.relative_to(item).parts)
+                           and (p.parent not in listed or p in listed[p.parent]))
             if not found:
                 raise ValueError(f"folder {item} has no {', '.join(KINDS)} files")
             sources += [Source(p, KINDS[p.suffix]) for p in found]
@@ -65,6 +68,22 @@ def collect_sources(inputs: Sequence[str | os.PathLike[str]]) -> list[Source]:
         else:
             raise ValueError(f"input {item} does not exist")
     return list(dict.fromkeys(sources))
+
+
+def _saved_dataset_files(folder: Path) -> dict[Path, set[Path]]:
+    """For each folder under ``folder`` written by HF ``datasets``' ``save_to_disk`` (it has
+    a ``state.json``), the data files it lists. Only those are read there: ``map``,
+    ``filter`` or ``shuffle`` after ``load_from_disk`` add ``cache-*.arrow`` files beside
+    them, which hold the same rows again."""
+    listed: dict[Path, set[Path]] = {}
+    for state in folder.rglob("state.json"):
+        try:
+            files = json.loads(state.read_text())["_data_files"]
+            if files:
+                listed[state.parent] = {state.parent / f["filename"] for f in files}
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not a datasets folder after all: read it as any other
+    return listed
 
 
 def plan_units(sources: Sequence[Source], text_field: str) -> list[Unit]:
