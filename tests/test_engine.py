@@ -465,3 +465,31 @@ def test_cache_hits_are_counted_at_the_admission_that_holds():
     seq = Sequence(0, "r", 0, list(range(12)), 12, 4)
     assert not scheduler._admit(seq, 64) and seq.num_cached_tokens is None
     assert scheduler._admit(seq, 64) and seq.num_cached_tokens == 0
+
+
+def test_a_chunked_prefill_out_of_blocks_does_not_livelock():
+    """Without a prefix cache, a chunk that preempted itself was admitted again in the same
+    step, from token 0: every step was that prefill, and the decode holding the blocks never
+    ran (65 preemptions in 200 steps, nothing finished)."""
+    engine = LLMEngine(_tiny(), block_size=2, num_blocks=8, max_num_batched_tokens=3,
+                       enable_prefix_caching=False)
+    greedy = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
+    engine.add_request("A", [11, 12], greedy)
+    engine.add_request("B", list(range(20, 31)), greedy)  # needs 6+ of the 7 usable blocks
+    outputs = {}
+    for _ in range(100):
+        if not engine.has_unfinished():
+            break
+        outputs.update({o.request_id: o for o in engine.step() if o.finished})
+    assert not engine.has_unfinished()
+    got = outputs["B"].outputs[0].token_ids  # 3: the 14 slots of 7 blocks clip the 4th
+    assert got == reference_generate(engine.model, list(range(20, 31)), len(got))
+    assert len(got) == 3 and len(outputs["A"].outputs[0].token_ids) == 4
+
+
+def test_top_k_above_the_vocabulary_keeps_every_token():
+    llm = LLM(_tiny(), block_size=4, num_blocks=32)
+    params = SamplingParams(top_k=10_000, top_p=0.9, max_tokens=3, seed=1)
+    same = SamplingParams(top_p=0.9, max_tokens=3, seed=1)
+    assert _token_ids(llm.generate([[1, 2, 3]], params)) == _token_ids(
+        llm.generate([[1, 2, 3]], same))

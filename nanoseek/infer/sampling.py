@@ -63,7 +63,9 @@ class SamplingParams:
     ``stop`` strings end the output (checked on the detokenized text, see
     ``nanoseek.infer.detok``); ``stop_token_ids`` end it on a token. ``logprobs``: None = no
     log-probs, 0 = the sampled token's only, k = plus the top-k alternatives. ``seed`` makes
-    the request reproducible whatever else is in the batch.
+    the request reproducible whatever else is in the batch (with MTP speculative decoding at
+    T > 0, only given the same prefix-cache contents and no preemption: see
+    ``nanoseek.infer.speculative``). ``top_k`` above the vocabulary keeps every token.
     """
 
     n: int = 1
@@ -280,9 +282,10 @@ def process_logits(logits_BV: Tensor, states: Sequence[SamplerState],
     temperatures = [1.0 if p.greedy else p.temperature for p in params]
     if any(t != 1.0 for t in temperatures):
         logits_BV.div_(_column(temperatures, logits_BV))
-    top_k = [p.top_k if p.top_k > 0 else logits_BV.shape[-1] for p in params]
+    vocab = logits_BV.shape[-1]
+    top_k = [min(p.top_k, vocab) if p.top_k > 0 else vocab for p in params]  # k > V: all
     top_p = [p.top_p if p.top_p < 1.0 else math.inf for p in params]
-    if any(k < logits_BV.shape[-1] for k in top_k) or any(p < math.inf for p in top_p):
+    if any(k < vocab for k in top_k) or any(p < math.inf for p in top_p):
         logits_BV = _apply_top_k_top_p(logits_BV, top_k, top_p)
     if any(p.min_p > 0 for p in params):
         probs_BV = logits_BV.softmax(dim=-1)

@@ -123,6 +123,7 @@ class Scheduler:
     def _schedule_prefill(self) -> Batch | None:
         budget = self.max_num_batched_tokens
         seqs, num_new = [], []
+        preempted_before = self.num_preemptions
         for seq in list(self.running):  # chunked prefills in progress
             if seq.status is not Status.RUNNING or seq.num_uncomputed <= 1 or budget <= 0:
                 continue
@@ -132,6 +133,11 @@ class Scheduler:
                 num_new.append(n)
                 budget -= n
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            if self.num_preemptions != preempted_before:
+                # a chunk above ran out of blocks and preempted (maybe itself): admitting now
+                # would take those blocks straight back, from token 0 without a prefix cache,
+                # and the decodes holding the rest would never run (a livelock); let them
+                break
             seq = self.waiting[0]
             if _waits_for_parent(seq) or not self._admit(seq, budget):
                 break

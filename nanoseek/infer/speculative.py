@@ -19,7 +19,11 @@ A step (``MTPSpeculator.decode``), batched over all running sequences:
 Prefill runs the MTP stream over the prompt (its last position needs the sampled first token,
 so it runs after sampling). Note: a prefix-cache hit of ``c`` tokens reuses MTP entries too;
 the one at position ``c-1`` was built with the cached request's token ``c``, which may differ
-— that can only lower the acceptance rate, never change outputs.
+— that lowers the acceptance rate and never changes greedy outputs or the distribution a
+sample is drawn from. It does change *which* tokens a seeded sample draws (the draft and
+the accept/residual draws differ), as does a preemption (the draft is dropped and drawn
+again): with speculation, a seeded request at T > 0 is reproducible only when it runs with
+the same cache contents and no preemption; without speculation, whatever else ran.
 """
 
 from __future__ import annotations
