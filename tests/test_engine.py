@@ -493,3 +493,26 @@ def test_top_k_above_the_vocabulary_keeps_every_token():
     same = SamplingParams(top_p=0.9, max_tokens=3, seed=1)
     assert _token_ids(llm.generate([[1, 2, 3]], params)) == _token_ids(
         llm.generate([[1, 2, 3]], same))
+
+
+def test_a_failed_generate_leaves_the_engine_usable(monkeypatch):
+    """A step that raises mid-way (a bug, out of memory) left its request half-computed in
+    the engine, and every later generate failed on it."""
+    import nanoseek.infer.sampling as sampling
+
+    llm = LLM(_tiny(), block_size=4, num_blocks=32)
+    real, calls = sampling.process_logits, []
+
+    def fails_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("simulated fault")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sampling, "process_logits", fails_once)
+    with pytest.raises(RuntimeError, match="simulated fault"):
+        llm.generate([[1, 2, 3]], SamplingParams(max_tokens=5, seed=0))
+    expect = reference_generate(llm.engine.model, [4, 5, 6], 5)
+    greedy = SamplingParams(temperature=0, max_tokens=5, ignore_eos=True)
+    assert _token_ids(llm.generate([[4, 5, 6]], greedy)) == [expect]
+    assert not llm.engine.has_unfinished()

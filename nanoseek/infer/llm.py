@@ -114,10 +114,16 @@ class LLM:
             ids.append(self._next_id())
             self.engine.add_request(ids[-1], prompt, p)
         final: dict[str, RequestOutput] = {}
-        while self.engine.has_unfinished():
-            for out in self.engine.step():
-                if out.finished:
-                    final[out.request_id] = out
+        try:
+            while self.engine.has_unfinished():
+                for out in self.engine.step():
+                    if out.finished:
+                        final[out.request_id] = out
+        except BaseException:  # a failed step: its requests must not stay half-computed in
+            for request_id in ids:  # the engine, where the next generate would trip on them
+                if request_id in self.engine.requests:
+                    self.engine.abort(request_id)
+            raise
         return [final[i] for i in ids]
 
     def _next_id(self) -> str:
