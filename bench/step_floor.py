@@ -28,7 +28,6 @@ they are hot in cache where the step's come from memory: the floor is a lower bo
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import subprocess
@@ -41,7 +40,7 @@ from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
-from train import SIDES, alternate, load_side, make_step, save_reference
+from train import SIDES, alternate, emit, load_side, make_step, save_reference
 
 from nanoseek.config import get_preset
 from nanoseek.cost import train_flops_per_token
@@ -293,10 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         hf_dir = Path(tmp) / "hf"
         save_reference(args.preset, hf_dir)
         report = run(args, hf_dir)
-    print_report(report)
-    print(json.dumps(report))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    emit(report, print_report, args.json)
     return 0
 
 

@@ -313,11 +313,16 @@ def main(argv: list[str] | None = None) -> int:
             report["memory"] = {p: run_memory(args, hf_dir, p)
                                 for p in precisions[:1 if args.quick else 2]}
     report["wall_s"] = time.perf_counter() - t0
+    emit(report, print_table, args.json)
+    return 0
+
+
+def emit(report: dict, print_table: Callable[[dict], None], json_path: Path | None) -> None:
+    """The human table, the JSON report on one line, and the JSON file if asked for."""
     print_table(report)
     print(json.dumps(report))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    return 0
+    if json_path:
+        json_path.write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -471,7 +471,9 @@ def _first_distinct(problems: list[Problem], n: int) -> list[Problem]:
     seen: set[str] = set()
     out = []
     for problem in problems:
-        if problem.meta["key"] not in seen and len(out) < n:
+        if len(out) == n:
+            break
+        if problem.meta["key"] not in seen:
             seen.add(problem.meta["key"])
             out.append(problem)
     return out

@@ -202,17 +202,18 @@ def sampling_params(request: _Sampling, max_tokens: int, logprobs: int | None,
     """``SamplingParams`` from the request's fields (OpenAI defaults); 422 if the engine's
     sampler refuses a value. ``top_p = 0`` means greedy. ``ignore_knobs``: temperature, top_p
     and the penalties keep their defaults whatever was sent (DeepSeek's reasoner)."""
-    knobs = (None, None, None, None) if ignore_knobs else (
-        request.temperature, request.top_p, request.presence_penalty, request.frequency_penalty)
-    temperature = 1.0 if knobs[0] is None else knobs[0]
-    top_p = 1.0 if knobs[1] is None else knobs[1]
+    if ignore_knobs:
+        request = request.model_copy(update=dict.fromkeys(
+            ("temperature", "top_p", "presence_penalty", "frequency_penalty")))
+    temperature = 1.0 if request.temperature is None else request.temperature
+    top_p = 1.0 if request.top_p is None else request.top_p
     if top_p == 0:
         temperature, top_p = 0.0, 1.0
     try:
         return SamplingParams(
             n=request.n or 1, temperature=temperature, top_p=top_p,
-            presence_penalty=knobs[2] or 0.0,
-            frequency_penalty=knobs[3] or 0.0, max_tokens=max_tokens,
+            presence_penalty=request.presence_penalty or 0.0,
+            frequency_penalty=request.frequency_penalty or 0.0, max_tokens=max_tokens,
             stop=request.stop_list(), seed=request.seed, logprobs=logprobs)
     except ValueError as error:
         raise APIError(422, str(error)) from None
